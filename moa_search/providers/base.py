@@ -1,0 +1,131 @@
+"""What crosses the boundary between the MoA core and whatever answers chat requests.
+
+Every ``Completion`` carries the usage the provider *reported* and the dollar cost computed from
+it, so every token spent is accounted for (as inspect_ai puts usage on every model output).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from ..config import canonical_json
+from ..errors import MoASearchError
+
+Role = Literal["proposer", "aggregator", "judge"]
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion request.
+
+    ``sample_index`` distinguishes repeated samples of the same request (Self-MoA: one model
+    sampled n times), so temperature > 0 samples stay distinct in the call store while each
+    stays reproducible. It is not sent to HTTP endpoints.
+    """
+
+    model: str
+    messages: tuple[Message, ...]
+    temperature: float = 0.7
+    max_tokens: int = 2048
+    sample_index: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.messages:
+            raise MoASearchError("a chat request needs at least one message")
+        if not any(m.role == "user" and m.content.strip() for m in self.messages):
+            raise MoASearchError("empty prompt: a chat request needs a non-empty user message")
+
+    def messages_as_dicts(self) -> list[dict[str, str]]:
+        return [m.to_dict() for m in self.messages]
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that determines the response, except the endpoint."""
+        return {
+            "model": self.model,
+            "messages": self.messages_as_dicts(),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "sample_index": self.sample_index,
+        }
+
+    def cache_key_material(self, endpoint_identity: str) -> str:
+        return canonical_json({"endpoint": endpoint_identity, **self.identity()})
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A provider's answer.
+
+    ``latency_s`` is the end-to-end time of the call as the provider measured it (for the
+    simulated world: simulated seconds, not slept unless asked). ``cached`` is set by the call
+    store on a hit: the call was free and instant, while ``cost_usd`` and ``latency_s`` keep the
+    values of the original call so a config's cost and latency do not depend on cache state.
+    """
+
+    text: str
+    model: str
+    usage: Usage
+    cost_usd: float
+    latency_s: float
+    ttft_s: float | None = None
+    finish_reason: str = "stop"
+    simulated: bool = False
+    cached: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def paid_usd(self) -> float:
+        """What this call actually cost now: nothing when served from the store."""
+        return 0.0 if self.cached else self.cost_usd
+
+
+class ProviderError(MoASearchError):
+    """A call failed for good (after any retries). The message names the endpoint."""
+
+    def __init__(self, message: str, *, endpoint: str = "", status: int | None = None,
+                 retryable: bool = False):
+        self.endpoint = endpoint
+        self.status = status
+        self.retryable = retryable
+        super().__init__(f"{endpoint}: {message}" if endpoint else message)
+
+
+class AuthError(ProviderError):
+    """401/403, or a key env var that is not set: retrying cannot help."""
+
+
+class MalformedReplyError(ProviderError):
+    """The endpoint answered, but not with a chat completion we can account for."""
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """Anything that answers ``ChatRequest``s: the HTTP client, the simulated world, a test double."""
+
+    def endpoint_identity(self, model: str) -> str:
+        """Where ``model`` is served, without secrets: part of the call store's cache key."""
+        ...
+
+    async def complete(self, request: ChatRequest) -> Completion: ...
+
+    async def aclose(self) -> None: ...

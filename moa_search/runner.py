@@ -1,0 +1,196 @@
+"""Runs one ``MoAConfig`` on prompts: layer by layer, the agents of a layer concurrently.
+
+Every call goes through the call store when one is given, so a call already paid for is served
+free; the trace keeps each call's list cost and latency either way, so a config's measured cost
+and latency do not depend on what happened to be cached.
+
+Failure policy: a proposer that fails after the provider's retries is recorded in the trace and
+its layer continues with the others; if every agent of a layer fails, or the aggregator fails,
+the item fails and is recorded as failed (``answer`` is None), never scored silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Awaitable, Callable, Sequence
+
+from .config import AgentSpec, MoAConfig
+from .prompts import agent_messages
+from .providers.base import ChatRequest, Completion, Message, Provider, ProviderError, Role
+
+if TYPE_CHECKING:  # the store is optional at run time; only its interface matters here
+    from .store import CallStore
+
+
+@dataclass(frozen=True)
+class CallTrace:
+    """One agent's call: its place in the config and its completion or error."""
+
+    layer: int  # 0-based; the aggregator's layer index equals config.rounds
+    role: Role
+    agent_index: int
+    model: str
+    sample_index: int
+    completion: Completion | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.completion is not None
+
+
+@dataclass(frozen=True)
+class ItemTrace:
+    item_id: str
+    config_hash: str
+    answer: str | None
+    calls: tuple[CallTrace, ...]
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.answer is None
+
+    def _completions(self) -> list[Completion]:
+        return [c.completion for c in self.calls if c.completion is not None]
+
+    @property
+    def cost_usd(self) -> float:
+        """What running this config on the item costs at list prices, cache or not."""
+        return sum(c.cost_usd for c in self._completions())
+
+    @property
+    def paid_usd(self) -> float:
+        """What this run actually spent: cache hits are free."""
+        return sum(c.paid_usd for c in self._completions())
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(c.usage.prompt_tokens for c in self._completions())
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.usage.completion_tokens for c in self._completions())
+
+    @property
+    def latency_s(self) -> float:
+        """Critical path: per layer the slowest successful call, summed over layers."""
+        slowest: dict[int, float] = defaultdict(float)
+        for c in self.calls:
+            if c.completion is not None:
+                slowest[c.layer] = max(slowest[c.layer], c.completion.latency_s)
+        return sum(slowest.values())
+
+    @property
+    def n_calls(self) -> int:
+        return len(self.calls)
+
+    @property
+    def n_cached(self) -> int:
+        return sum(1 for c in self._completions() if c.cached)
+
+    @property
+    def n_failed_calls(self) -> int:
+        return sum(1 for c in self.calls if c.completion is None)
+
+    @property
+    def simulated(self) -> bool:
+        return any(c.simulated for c in self._completions())
+
+    def cost_by_role(self) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for c in self.calls:
+            if c.completion is not None:
+                out[c.role] += c.completion.cost_usd
+        return dict(out)
+
+    def cost_by_model(self) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for c in self.calls:
+            if c.completion is not None:
+                out[c.model] += c.completion.cost_usd
+        return dict(out)
+
+
+def sample_indices(layer: Sequence[AgentSpec]) -> list[int]:
+    """Identical agents in one layer are repeated samples: number them 0, 1, 2, …"""
+    seen: Counter[AgentSpec] = Counter()
+    out = []
+    for agent in layer:
+        out.append(seen[agent])
+        seen[agent] += 1
+    return out
+
+
+class Runner:
+    """Executes configs against one provider, optionally through a call store."""
+
+    def __init__(self, provider: Provider, store: "CallStore | None" = None, *,
+                 max_concurrent_items: int = 8, run_id: str | None = None):
+        if max_concurrent_items < 1:
+            raise ValueError("max_concurrent_items must be >= 1")
+        self.provider = provider
+        self.store = store
+        self.max_concurrent_items = max_concurrent_items
+        self.run_id = run_id
+
+    async def call(self, request: ChatRequest, role: Role = "judge", item_id: str | None = None,
+                   config_hash: str | None = None) -> Completion:
+        """One call through the store (if any). Judges use this too, so their calls are logged."""
+        if self.store is None:
+            return await self.provider.complete(request)
+        return await self.store.complete(self.provider, request, role=role, run_id=self.run_id,
+                                         item_id=item_id, config_hash=config_hash)
+
+    async def _agent_call(self, agent: AgentSpec, sample_index: int, layer: int, agent_index: int,
+                          role: Role, prompt: tuple[Message, ...], references: Sequence[str],
+                          config: MoAConfig, item_id: str) -> CallTrace:
+        messages = agent_messages(agent, prompt, references, config.prompt_template)
+        request = ChatRequest(agent.model, messages, agent.temperature, agent.max_tokens, sample_index)
+        try:
+            completion = await self.call(request, role, item_id, config.config_hash)
+        except ProviderError as exc:
+            return CallTrace(layer, role, agent_index, agent.model, sample_index, None, str(exc))
+        return CallTrace(layer, role, agent_index, agent.model, sample_index, completion)
+
+    async def run_item(self, config: MoAConfig, messages: tuple[Message, ...],
+                       item_id: str = "prompt") -> ItemTrace:
+        calls: list[CallTrace] = []
+        references: list[str] = []
+        for layer_index, layer in enumerate(config.proposer_layers):
+            results = await asyncio.gather(*(
+                self._agent_call(agent, s, layer_index, i, "proposer", messages, references, config, item_id)
+                for i, (agent, s) in enumerate(zip(layer, sample_indices(layer)))))
+            calls.extend(results)
+            ok = [r.completion.text for r in results if r.completion is not None]
+            if not ok:
+                reasons = "; ".join(r.error or "" for r in results)
+                return ItemTrace(item_id, config.config_hash, None, tuple(calls),
+                                 f"every proposer in layer {layer_index + 1} failed: {reasons}")
+            references = ok
+        final = await self._agent_call(config.aggregator, 0, config.rounds, 0, "aggregator",
+                                       messages, references, config, item_id)
+        calls.append(final)
+        if final.completion is None:
+            return ItemTrace(item_id, config.config_hash, None, tuple(calls),
+                             f"aggregator failed: {final.error}")
+        return ItemTrace(item_id, config.config_hash, final.completion.text, tuple(calls))
+
+    async def run_items(self, config: MoAConfig, items: Sequence[tuple[str, tuple[Message, ...]]],
+                        on_item: Callable[[ItemTrace], None | Awaitable[None]] | None = None,
+                        ) -> list[ItemTrace]:
+        """Items concurrently up to ``max_concurrent_items``; results in input order."""
+        gate = asyncio.Semaphore(self.max_concurrent_items)
+
+        async def one(item_id: str, messages: tuple[Message, ...]) -> ItemTrace:
+            async with gate:
+                trace = await self.run_item(config, messages, item_id)
+            if on_item is not None:
+                maybe = on_item(trace)
+                if asyncio.iscoroutine(maybe):
+                    await maybe
+            return trace
+
+        return list(await asyncio.gather(*(one(i, m) for i, m in items)))

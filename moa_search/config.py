@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tomllib
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
@@ -250,3 +252,27 @@ def builtin_preset(name: str) -> Preset:
     except KeyError:
         raise ConfigError(f"unknown preset {name!r}; built-in presets are {sorted(BUILTIN_PRESETS)}",
                           field="preset") from None
+
+
+def load_config_file(path: str | Path) -> MoAConfig:
+    """A config from a ``.json`` or ``.toml`` file; a parse error names the file and line."""
+
+    path = Path(path)
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror}", source=str(path)) from None
+    if path.suffix.lower() == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"not valid TOML ({exc})", source=str(path)) from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+                              source=str(path)) from None
+    if isinstance(data, dict) and "config" in data and "format" in data:
+        data = data["config"]  # a preset file: its config is what runs
+    return MoAConfig.from_dict(data, source=str(path))

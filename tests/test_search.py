@@ -1,0 +1,401 @@
+"""The study loop against a synthetic, deterministic evaluator and a real SQLite Optuna storage.
+
+``FormulaEvaluator`` is a test double, named as such: quality, cost and latency are computed from
+the config by a formula (no LLMs, no simulated world), so each test can know the right answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import optuna
+import pytest
+
+from moa_search.config import BUILTIN_PRESETS, PAPER_PROPOSERS, MoAConfig
+from moa_search.errors import ConfigError
+from moa_search.search import (
+    StudyResult, TrialEvent, TrialMetrics, load_result, mean_bound, merge_metrics, prepare_study,
+    price_estimate, run_study,
+)
+from moa_search.catalog import Catalog
+from moa_search.study_spec import StudySpec, load_study_spec
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+#: model -> (skill, $ per call, seconds per call) in the formula world.
+WORLD: dict[str, tuple[float, float, float]] = {
+    "w-strong-cheap": (0.85, 0.0010, 1.0),
+    "w-strong-pricey": (0.88, 0.0100, 2.0),
+    "w-weak-pricey": (0.15, 0.0120, 3.0),
+    "w-mid": (0.55, 0.0020, 1.5),
+    "w-small-1": (0.35, 0.0003, 0.5),
+    "w-small-2": (0.30, 0.0002, 0.4),
+    "w-small-3": (0.40, 0.0004, 0.6),
+}
+for _m in PAPER_PROPOSERS + ("gpt-4o-2024-05-13",):
+    WORLD[_m] = (0.4, 0.001, 1.0)
+
+ITEMS = [f"q{i:03d}" for i in range(40)]
+
+
+def _difficulty(item: str) -> float:
+    return int(hashlib.sha256(item.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def strength(config: MoAConfig) -> float:
+    """The formula: aggregator skill, lifted by diverse, skilled proposers and by depth."""
+    agg = WORLD[config.aggregator.model][0]
+    if not config.proposer_layers:
+        return agg
+    layer = [a.model for a in config.proposer_layers[0]]
+    distinct = len(set(layer))
+    mean_skill = sum(WORLD[m][0] for m in layer) / len(layer)
+    lift = (1 - agg) * (1 - 0.6 ** distinct) * (0.3 + mean_skill) * (1 + 0.2 * (config.rounds - 1))
+    return min(0.99, agg + 0.6 * lift)
+
+
+def cost_per_item(config: MoAConfig) -> float:
+    return (sum(WORLD[a.model][1] for layer in config.proposer_layers for a in layer)
+            + WORLD[config.aggregator.model][1])
+
+
+def item_value(config: MoAConfig, item: str) -> float:
+    return 1.0 if strength(config) > _difficulty(item) else 0.0
+
+
+class FormulaEvaluator:
+    """Deterministic evaluator double: records every call; pays only for (config, item) pairs it
+    has not seen (a stand-in for the call store); can raise KeyboardInterrupt on call N."""
+
+    def __init__(self, *, interrupt_on_call: int | None = None) -> None:
+        self.log: list[tuple[str, tuple[str, ...], int]] = []
+        self.paid_pairs: set[tuple[str, str]] = set()
+        self.interrupt_on_call = interrupt_on_call
+        self.paid_total = 0.0
+
+    async def evaluate(self, config: MoAConfig, item_ids: Sequence[str], *, trial_number: int) -> TrialMetrics:
+        if self.interrupt_on_call is not None and len(self.log) + 1 == self.interrupt_on_call:
+            raise KeyboardInterrupt
+        self.log.append((config.config_hash, tuple(item_ids), trial_number))
+        values = {i: item_value(config, i) for i in item_ids}
+        calls_per_item = sum(len(layer) for layer in config.proposer_layers) + 1
+        fresh = [i for i in item_ids if (config.config_hash, i) not in self.paid_pairs]
+        self.paid_pairs.update((config.config_hash, i) for i in item_ids)
+        per_item = cost_per_item(config)
+        paid = per_item * len(fresh)
+        self.paid_total += paid
+        latency = sum(max(WORLD[a.model][2] for a in layer) for layer in config.proposer_layers) \
+            + WORLD[config.aggregator.model][2]
+        x = np.array(list(values.values()))
+        return TrialMetrics(
+            quality=float(x.mean()), quality_low=mean_bound(x, 0.975, upper=False),
+            quality_high=mean_bound(x, 0.975, upper=True), n_items=len(item_ids), item_values=values,
+            cost_usd_per_item=per_item, paid_usd=paid, latency_p50_s=latency, latency_p95_s=latency,
+            calls=calls_per_item * len(item_ids), cached_calls=calls_per_item * (len(item_ids) - len(fresh)),
+            cost_by_role={"proposer": per_item - WORLD[config.aggregator.model][1],
+                          "aggregator": WORLD[config.aggregator.model][1]},
+            cost_by_model={m: per_item / len(config.models) for m in config.models},
+            simulated=True, tokens_in=100 * len(item_ids), tokens_out=50 * len(item_ids),
+            item_latency_s={i: latency for i in item_ids},
+        )
+
+
+def formula_estimate(config: MoAConfig) -> float:
+    return cost_per_item(config)
+
+
+# ---- study files ---------------------------------------------------------------------------------
+
+CATALOG = "[providers.fake]\nbase_url = \"http://127.0.0.1:9/v1\"\n\n" + "\n".join(
+    f'[models."{m}"]\nprovider = "fake"\ninput_price = 1.0\noutput_price = 1.0\n'
+    for m in WORLD if m.startswith("w-"))
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
+def make_spec(tmp_path: Path, name: str = "s", **sections: dict[str, Any]) -> StudySpec:
+    """A study file in tmp_path over the formula world's catalog; ``sections`` override defaults."""
+    (tmp_path / "catalog.toml").write_text(CATALOG, "utf-8")
+    base: dict[str, dict[str, Any]] = {
+        "study": {"name": name, "seed": 1},
+        "catalog": {"path": "catalog.toml"},
+        "data": {"builtin": "math"},
+        "scorer": {"name": "numeric"},
+        "space": {"models": ["w-small-1", "w-small-2", "w-small-3", "w-mid"],
+                  "aggregators": ["w-mid", "w-strong-cheap"], "layers": [1, 2], "proposers": [1, 3]},
+        "budget": {"trials": 10},
+        "sampler": {"name": "random"},
+        "fidelity": {"enabled": False},
+    }
+    for key, table in sections.items():
+        base[key] = {**base.get(key, {}), **table}
+        base[key] = {k: v for k, v in base[key].items() if v is not None}
+    text = "\n".join(f"[{sec}]\n" + "\n".join(f"{k} = {_toml(v)}" for k, v in table.items()) + "\n"
+                     for sec, table in base.items())
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text, "utf-8")
+    return load_study_spec(path, runs_dir=tmp_path / "runs")
+
+
+def _hashes(evaluator: FormulaEvaluator) -> list[str]:
+    return [h for h, _, _ in evaluator.log]
+
+
+def _counted(result: StudyResult) -> list:
+    """Trials that used the trial budget: evaluations (duplicates and skips are free)."""
+    return [r for r in result.trials if r.status in ("complete", "stopped_early", "failed")]
+
+
+# ---- tests -------------------------------------------------------------------------------------
+
+def test_presets_and_single_models_run_first(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, space={"models": list(PAPER_PROPOSERS),
+                                      "aggregators": ["Qwen/Qwen1.5-110B-Chat", "Qwen/Qwen1.5-72B-Chat"],
+                                      "layers": [1, 3], "proposers": [1, 6]},
+                     catalog={"path": None}, budget={"trials": 8})
+    result = run_study(spec, FormulaEvaluator(), ITEMS, cost_estimate=formula_estimate)
+    first = [r.config for r in sorted(result.trials, key=lambda r: r.number)[:4]]
+    assert first == [BUILTIN_PRESETS["moa"].config, BUILTIN_PRESETS["moa-lite"].config,
+                     MoAConfig.single("Qwen/Qwen1.5-110B-Chat"), MoAConfig.single("Qwen/Qwen1.5-72B-Chat")]
+    study = optuna.load_study(study_name="s", storage=spec.storage)
+    assert "gpt-4o" in study.user_attrs["enqueue_skipped"]["preset moa-gpt4o"]
+    assert len(_counted(result)) == 8
+
+
+def test_duplicate_configs_are_not_re_evaluated(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, space={"models": ["w-small-1", "w-small-2"], "aggregators": ["w-mid"],
+                                      "layers": [1, 2], "proposers": [1, 2]}, budget={"trials": 12})
+    evaluator = FormulaEvaluator()
+    result = run_study(spec, evaluator, ITEMS, cost_estimate=formula_estimate)
+    assert len(_hashes(evaluator)) == len(set(_hashes(evaluator)))  # each config evaluated once
+    dups = [r for r in result.trials if r.status == "duplicate"]
+    assert dups, "the random sampler over 4 configs must repeat one"
+    by_number = {r.number: r for r in result.trials}
+    for d in dups:
+        original = by_number[d.duplicate_of]  # type: ignore[index]
+        assert original.config == d.config and original.metrics == d.metrics
+    # Every config was reached: the loop stops when the space is exhausted, or at the budget.
+    assert {r.config.config_hash for r in result.evaluated} == {c.config_hash for c in spec.space.enumerate_configs()} \
+        or len(_counted(result)) == 12
+    assert all(r.status != "duplicate" or r.metrics.paid_usd >= 0 for r in result.trials)  # type: ignore[union-attr]
+    study = optuna.load_study(study_name="s", storage=spec.storage)
+    assert all(t.user_attrs["paid_usd"] == 0 for t in study.trials if t.user_attrs.get("status") == "duplicate")
+
+
+def test_resume_after_interruption_continues_without_repeating_trials(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, space={"models": ["w-small-1", "w-small-2", "w-small-3", "w-mid"],
+                                      "aggregators": ["w-mid", "w-strong-cheap"], "layers": [2, 3],
+                                      "proposers": [1, 4]}, budget={"trials": 10})
+    first = FormulaEvaluator(interrupt_on_call=4)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, first, ITEMS, cost_estimate=formula_estimate)
+    before = load_result(spec.storage, "s")
+    done = {r.number: r.config for r in before.trials if r.status in ("complete", "duplicate")}
+    assert len(done) >= 3
+    interrupted = [r for r in before.trials if r.status == "interrupted"]
+    assert len(interrupted) == 1
+
+    second = FormulaEvaluator()
+    after = run_study(spec, second, ITEMS, cost_estimate=formula_estimate)
+    assert len(_counted(after)) == 10
+    finished_first = {h for h, _, _ in first.log}
+    assert not finished_first & set(_hashes(second))  # completed configs are never re-run
+    assert second.log[0][0] == interrupted[0].config.config_hash  # type: ignore[union-attr]
+    for number, config in done.items():  # earlier trials unchanged
+        assert next(r for r in after.trials if r.number == number).config == config
+
+
+def _worker(spec: StudySpec, worker: int) -> None:
+    run_study(spec, FormulaEvaluator(), ITEMS, worker=worker, cost_estimate=formula_estimate)
+
+
+def test_two_worker_processes_share_one_storage_and_the_trial_budget(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, space={"models": ["w-small-1", "w-small-2", "w-small-3", "w-mid"],
+                                      "aggregators": ["w-mid", "w-strong-cheap"], "layers": [1, 3],
+                                      "proposers": [1, 4]},
+                     budget={"trials": 10}, sampler={"name": "tpe", "options": {"n_startup_trials": 4}})
+    prepare_study(spec, FormulaEvaluator(), ITEMS)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_worker, args=(spec, i)) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    result = load_result(spec.storage, "s")
+    assert len(_counted(result)) == 10
+    assert not [r for r in result.trials if r.status in ("running", "waiting")]
+    numbers = sorted(r.number for r in _counted(result))
+    assert numbers == sorted(set(numbers))
+
+
+def test_usd_budget_is_never_exceeded(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, space={"models": ["w-small-1", "w-small-2", "w-small-3", "w-mid"],
+                                      "aggregators": ["w-mid", "w-strong-pricey"], "layers": [1, 3],
+                                      "proposers": [1, 4]},
+                     budget={"trials": 40, "usd": 0.6}, sampler={"name": "random"})
+    evaluator = FormulaEvaluator()
+    events: list[TrialEvent] = []
+    result = run_study(spec, evaluator, ITEMS, on_trial=events.append, cost_estimate=formula_estimate)
+    assert 0 < result.spent_usd <= 0.6
+    assert math.isclose(result.spent_usd, evaluator.paid_total)
+    assert "budget" in result.stop_reason
+    assert events and all(e.spent_usd <= 0.6 for e in events)
+    assert [e.spent_usd for e in events] == sorted(e.spent_usd for e in events)
+    skipped = [r for r in result.trials if r.status == "skipped"]
+    assert all("budget" in r.note or "trial budget" in r.note for r in skipped)
+
+
+def test_call_budget_is_tracked_across_resumes(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, space={"layers": [2, 2]}, budget={"trials": 40, "calls": 300})
+    first = run_study(spec, FormulaEvaluator(), ITEMS, cost_estimate=formula_estimate)
+    assert first.spent_calls <= 300
+    assert "call" in first.stop_reason or "budget nearly spent" in first.stop_reason
+    evaluator = FormulaEvaluator()
+    again = run_study(spec, evaluator, ITEMS, cost_estimate=formula_estimate)
+    assert evaluator.log == [] and again.spent_calls == first.spent_calls  # nothing more was spent
+    assert len(again.trials) == len(first.trials) and again.stop_reason == first.stop_reason
+
+
+def test_early_stopping_fires_on_a_clearly_bad_config_only(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, space={"models": ["w-mid"],
+                                      "aggregators": ["w-strong-cheap", "w-weak-pricey", "w-strong-pricey"],
+                                      "layers": [1, 1], "proposers": [1, 1]},
+                     budget={"trials": 6}, fidelity={"enabled": True, "first_items": 10, "confidence": 0.9})
+    evaluator = FormulaEvaluator()
+    result = run_study(spec, evaluator, ITEMS, cost_estimate=formula_estimate)
+    status = {r.config.aggregator.model: r for r in result.trials}  # type: ignore[union-attr]
+    bad = status["w-weak-pricey"]
+    assert bad.status == "stopped_early" and "dominated by trial" in bad.note
+    assert bad.metrics is not None and bad.metrics.n_items == 10
+    for good in ("w-strong-cheap", "w-strong-pricey"):
+        assert status[good].status == "complete" and status[good].metrics.n_items == 40  # type: ignore[union-attr]
+    # The second stage covers the remaining items only.
+    strong = MoAConfig.single("w-strong-cheap").config_hash
+    parts = [items for h, items, _ in evaluator.log if h == strong]
+    assert parts == [tuple(ITEMS[:10]), tuple(ITEMS[10:])]
+    # A stopped trial is not on the Pareto front.
+    assert bad.number not in {r.number for r in result.pareto_front}
+
+
+def _brute_force_cheapest(spec: StudySpec, target: float, confidence: float) -> MoAConfig:
+    feasible = [c for c in spec.space.enumerate_configs()
+                if mean_bound([item_value(c, i) for i in ITEMS], confidence, upper=False) >= target]
+    return min(feasible, key=cost_per_item)
+
+
+def test_constrained_mode_finds_the_cheapest_feasible_config(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, objectives={"mode": "constrained", "target": 0.65, "target_confidence": 0.9},
+                     space={"models": ["w-small-1", "w-small-2"],
+                            "aggregators": ["w-mid", "w-strong-cheap", "w-weak-pricey"], "layers": [1, 2],
+                            "proposers": [1, 2]},
+                     budget={"trials": 30}, sampler={"name": "grid"},
+                     fidelity={"enabled": True, "first_items": 10, "confidence": 0.95})
+    evaluator = FormulaEvaluator()
+    result = run_study(spec, evaluator, ITEMS, cost_estimate=formula_estimate)
+    assert result.directions == ("minimize",)
+    expected = _brute_force_cheapest(spec, 0.65, 0.9)
+    answer = result.cheapest_meeting_target()
+    assert answer.met and answer.record is not None and answer.record.config == expected
+    assert answer.achieved_confidence is not None and answer.achieved_confidence >= 0.9
+    assert [r.config for r in result.pareto_front] == [expected]
+    assert result.pareto_front[0].constraint is not None and result.pareto_front[0].constraint <= 0
+    # Configs clearly below the target were stopped after the first items.
+    assert any(r.status == "stopped_early" and "below target" in r.note for r in result.trials)
+
+
+def test_a_target_no_config_meets_is_reported_with_the_best_found(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, objectives={"mode": "constrained", "target": 0.999},
+                     budget={"trials": 6})
+    result = run_study(spec, FormulaEvaluator(), ITEMS, cost_estimate=formula_estimate)
+    answer = result.cheapest_meeting_target()
+    assert not answer.met and answer.record is None
+    assert answer.best is not None and answer.best.metrics is not None
+    assert answer.best.metrics.quality == max(r.metrics.quality for r in result.evaluated)  # type: ignore[union-attr]
+    assert "no config meets" in answer.message
+    assert result.pareto_front == ()  # nothing feasible
+
+
+def test_baseline_target_is_measured_first_and_reused(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, objectives={"mode": "constrained", "target": {"baseline": "w-mid"}},
+                     space={"models": ["w-small-1", "w-small-2"], "aggregators": ["w-mid", "w-strong-cheap"],
+                            "layers": [1, 2], "proposers": [1, 2]}, budget={"trials": 4})
+    evaluator = FormulaEvaluator()
+    result = run_study(spec, evaluator, ITEMS, cost_estimate=formula_estimate)
+    assert evaluator.log[0][2] == -1 and evaluator.log[0][0] == MoAConfig.single("w-mid").config_hash
+    assert result.baseline is not None and result.baseline.metrics is not None
+    assert result.target == result.baseline.metrics.quality
+    reused = [r for r in result.trials if r.config == MoAConfig.single("w-mid")]
+    assert reused and reused[0].duplicate_of == "baseline"
+    assert _hashes(evaluator).count(MoAConfig.single("w-mid").config_hash) == 1
+
+
+def test_pareto_front_is_optunas_and_trials_record_everything(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, budget={"trials": 8}, sampler={"name": "nsga2"})
+    result = run_study(spec, FormulaEvaluator(), ITEMS, cost_estimate=formula_estimate)
+    study = optuna.load_study(study_name="s", storage=spec.storage)
+    front_hashes = {t.user_attrs["config_hash"] for t in study.best_trials}
+    assert {r.config.config_hash for r in result.pareto_front} == front_hashes  # type: ignore[union-attr]
+    assert result.is_simulated and result.directions == ("maximize", "minimize", "minimize")
+    t = next(t for t in study.trials if t.user_attrs.get("status") == "complete")
+    attrs = t.user_attrs
+    assert MoAConfig.from_dict(attrs["config"]).config_hash == attrs["config_hash"]
+    m = attrs["metrics"]
+    for key in ("quality_low", "quality_high", "n_items", "cost_by_role", "cost_by_model", "tokens_in",
+                "latency_p50_s", "latency_p95_s", "calls", "cached_calls", "paid_usd", "simulated"):
+        assert key in m
+    assert t.values == [m["quality"], m["cost_usd_per_item"], m["latency_p50_s"]]
+
+
+def test_an_unopenable_storage_names_the_url(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    spec = make_spec(tmp_path, study={"storage": f"sqlite:///{blocker}/sub/optuna.db"})
+    with pytest.raises(ConfigError) as exc:
+        run_study(spec, FormulaEvaluator(), ITEMS)
+    assert f"sqlite:///{blocker}/sub/optuna.db" in str(exc.value) and exc.value.field == "study.storage"
+    spec = make_spec(tmp_path, study={"storage": "nosuchdialect://host/db"})
+    with pytest.raises(ConfigError, match="nosuchdialect://host/db"):
+        run_study(spec, FormulaEvaluator(), ITEMS)
+    with pytest.raises(ConfigError, match="no such file"):
+        load_result(f"sqlite:///{tmp_path}/missing.db", "s")
+
+
+def test_resuming_with_other_items_or_objectives_is_refused(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, budget={"trials": 2})
+    run_study(spec, FormulaEvaluator(), ITEMS, cost_estimate=formula_estimate)
+    with pytest.raises(ConfigError, match="other items"):
+        run_study(spec, FormulaEvaluator(), ITEMS[:10], cost_estimate=formula_estimate)
+    other = make_spec(tmp_path, objectives={"mode": "constrained", "target": 0.5})
+    with pytest.raises(ConfigError, match="directions"):
+        run_study(other, FormulaEvaluator(), ITEMS)
+
+
+def test_merge_metrics_recomputes_from_items() -> None:
+    def part(items: list[str], value: float, latency: float, paid: float) -> TrialMetrics:
+        return TrialMetrics(value, value, value, len(items), {i: value for i in items}, 0.01, paid, latency,
+                            latency, 3 * len(items), len(items), cost_by_role={"proposer": 0.01},
+                            item_latency_s={i: latency for i in items})
+    merged = merge_metrics(part(ITEMS[:10], 1.0, 1.0, 0.1), part(ITEMS[10:40], 0.0, 3.0, 0.3))
+    assert merged.n_items == 40 and merged.quality == pytest.approx(0.25)
+    assert merged.quality_low < 0.25 < merged.quality_high
+    assert merged.latency_p50_s == 3.0 and merged.paid_usd == pytest.approx(0.4)
+    assert merged.calls == 120 and merged.cached_calls == 40
+
+
+def test_price_estimate_grows_with_proposers_and_depth() -> None:
+    estimate = price_estimate(Catalog.default())
+    single = estimate(MoAConfig.single("Qwen/Qwen1.5-72B-Chat"))
+    lite = estimate(BUILTIN_PRESETS["moa-lite"].config)
+    full = estimate(BUILTIN_PRESETS["moa"].config)
+    assert 0 < single < lite < full

@@ -10,24 +10,33 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 
 from .backends import make_provider
 from .catalog import Catalog
-from .config import MoAConfig, builtin_preset, load_config_file
+from .config import BUILTIN_PRESETS, MoAConfig, builtin_preset, load_config_file
+from .datasets import Dataset, answer_key_pairs, resolve_dataset
 from .errors import ConfigError, MoASearchError
+from .progress import item_progress
 from .prompts import user_prompt
 from .runner import ItemTrace, Runner
 
+if TYPE_CHECKING:
+    from .evaluate import ConfigEvaluation
+    from .search import StudyResult, TrialEvent, TrialRecord
+from .store import CallStore
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Search Mixture-of-Agents LLM configurations for quality, cost and latency.")
-out = Console()
-err = Console(stderr=True)
+# Wider than rich's 80-column default when piped, so tables of configs stay readable in logs.
+out = Console(width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 DEFAULT_STORE = Path("runs/calls.db")
+DEFAULT_JUDGE = "gpt-4-turbo-2024-04-09"  # AlpacaEval 2.0's annotator family
 
 CatalogOpt = Annotated[Optional[Path], typer.Option("--catalog", help="Model catalog TOML (default: built-in).")]
 StoreOpt = Annotated[Path, typer.Option("--store", help="SQLite call store (cache and log of every call).")]
@@ -45,11 +54,37 @@ def resolve_config(preset: str | None, config_file: Path | None) -> MoAConfig:
     return builtin_preset(preset).config if preset else load_config_file(config_file)  # type: ignore[arg-type]
 
 
-def open_store(path: Path, no_store: bool = False) -> "object | None":
-    if no_store:
-        return None
-    from .store import CallStore
-    return CallStore(path)
+def open_store(path: Path, no_store: bool = False) -> "CallStore | None":
+    return None if no_store else CallStore(path)
+
+
+def resolve_config_ref(ref: str, catalog: Catalog) -> MoAConfig:
+    """A built-in preset name, a config/preset file, or a catalog model id (run alone)."""
+    if Path(ref).is_file():
+        return load_config_file(ref)
+    if ref in BUILTIN_PRESETS:
+        return BUILTIN_PRESETS[ref].config
+    if ref in catalog:
+        return MoAConfig.single(ref)
+    raise ConfigError(f"{ref!r} is not a file, a built-in preset ({', '.join(BUILTIN_PRESETS)}) "
+                      f"or a model in {catalog.source}")
+
+
+def provider_for(backend: str, cat: Catalog, base_url: str | None, dataset: "Dataset | None" = None):
+    """The simulated world is told the validation set's references (its answer key)."""
+    key = None
+    if backend == "sim" and dataset is not None:
+        from .providers.simulated import AnswerKey
+        key = AnswerKey.from_pairs(answer_key_pairs(dataset))
+    return make_provider(backend, cat, base_url=base_url, answer_key=key)
+
+
+def scorer_options(scorer: str, judge_model: str | None) -> dict[str, object]:
+    if "judge" in scorer or scorer == "length_controlled":
+        return {"judge_model": judge_model or DEFAULT_JUDGE}
+    if judge_model:
+        raise ConfigError(f"--judge-model goes with a judge scorer, not {scorer!r}")
+    return {}
 
 
 def trace_summary(trace: ItemTrace) -> dict[str, object]:
@@ -88,7 +123,7 @@ def run(
     call_store = open_store(store, no_store)
 
     async def go() -> ItemTrace:
-        provider = make_provider(backend, cat, base_url=base_url)
+        provider = provider_for(backend, cat, base_url)
         try:
             return await Runner(provider, call_store).run_item(cfg, messages)  # type: ignore[arg-type]
         finally:
@@ -142,10 +177,355 @@ def sim_server(
                   latency_override_s=None if latency_ms is None else latency_ms / 1000)
 
 
+DataOpt = Annotated[str, typer.Option("--data", help="Validation set: a JSONL path or a built-in name (math, choice, instruct).")]
+ScorerOpt = Annotated[str, typer.Option("--scorer", help="exact | numeric | choice | regex | pairwise_judge | length_controlled | single_grade_judge")]
+JudgeOpt = Annotated[Optional[str], typer.Option("--judge-model", help=f"Judge model for judge scorers (default {DEFAULT_JUDGE}).")]
+ItemsOpt = Annotated[Optional[int], typer.Option("--n-items", help="Deterministic subsample of this many items.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+def _load_items(data: str, n_items: int | None, seed: int) -> Dataset:
+    ds = resolve_dataset(data)
+    return ds.subsample(n_items, seed) if n_items else ds
+
+
+async def _evaluate(cfg: MoAConfig, ds: Dataset, scorer: str, judge_model: str | None, cat: Catalog,
+                    backend: str, base_url: str | None, call_store: CallStore | None, quiet: bool,
+                    label: str) -> "ConfigEvaluation":
+    from .evaluate import DatasetEvaluator
+    provider = provider_for(backend, cat, base_url, ds)
+    try:
+        evaluator = DatasetEvaluator(provider, call_store, ds, scorer, scorer_options(scorer, judge_model))
+        with item_progress(len(ds), label, quiet=quiet) as on_item:
+            return await evaluator.evaluate_items(cfg, ds.ids, f"eval:{cfg.config_hash}", on_item=on_item)
+    finally:
+        await provider.aclose()
+
+
+def _print_evaluation(ev: "ConfigEvaluation") -> None:
+    r = ev.result
+    sim = " (simulated)" if ev.simulated else ""
+    q = r.quality
+    out.print(f"{ev.config.summary()} [{ev.config.config_hash}]{sim}", markup=False)
+    out.print(f"  quality ({r.scorer}, {r.headline}): {100 * q.mean:.1f}% "
+              f"[{100 * q.low:.1f}, {100 * q.high:.1f}] {int(100 * q.confidence)}% CI, "
+              f"n={r.n_scored}/{r.n} scored", markup=False)
+    if r.win_rate is not None:
+        out.print(f"  win rate vs baseline {r.win_rate:.1f} ± {r.win_rate_se:.1f} (s.e.) · "
+                  f"length-controlled {r.lc_win_rate:.1f}", markup=False)
+    counts = ", ".join(f"{k} {v}" for k, v in r.counts.items() if v)
+    out.print(f"  items: {counts}", markup=False)
+    for cat, est in sorted(r.per_category.items()):
+        out.print(f"    {cat:<14} {100 * est.mean:5.1f}%  (n={est.n})", markup=False)
+    out.print(f"  cost ${ev.cost_usd_per_item:.6f}/item{sim} · judge ${r.judge_cost_usd:.4f} total · "
+              f"paid now ${ev.paid_usd:.4f}", markup=False)
+    out.print(f"  latency p50 {ev.latency_percentile(50):.2f} s · p95 {ev.latency_percentile(95):.2f} s "
+              f"(critical path{sim})", markup=False)
+
+
+@app.command("eval")
+def eval_(
+    data: DataOpt,
+    scorer: ScorerOpt,
+    preset: Annotated[Optional[str], typer.Option("--preset")] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config")] = None,
+    judge_model: JudgeOpt = None,
+    n_items: ItemsOpt = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    catalog: CatalogOpt = None,
+    store: StoreOpt = DEFAULT_STORE,
+    backend: BackendOpt = "sim",
+    base_url: BaseUrlOpt = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the JSON result here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Measure one config on a validation set: quality with CI, cost per item, latency."""
+    cfg = resolve_config(preset, config_file)
+    cat = load_catalog(catalog)
+    cat.check_config(cfg)
+    ds = _load_items(data, n_items, seed)
+    ev = asyncio.run(_evaluate(cfg, ds, scorer, judge_model, cat, backend, base_url, open_store(store),
+                               quiet or as_json, "eval"))
+    result = {"dataset": ds.name, "dataset_source": ds.source, **ev.to_dict()}
+    if out_file:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(json.dumps(result, indent=2) + "\n")
+    if as_json:
+        out.print_json(json.dumps(result))
+    else:
+        _print_evaluation(ev)
+        if out_file:
+            out.print(f"  wrote {out_file}", markup=False)
+
+
+@app.command()
+def compare(
+    a: Annotated[str, typer.Argument(help="Preset name, config/preset file, or model id.")],
+    b: Annotated[str, typer.Argument(help="Preset name, config/preset file, or model id.")],
+    data: DataOpt,
+    scorer: ScorerOpt,
+    judge_model: JudgeOpt = None,
+    n_items: ItemsOpt = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    catalog: CatalogOpt = None,
+    store: StoreOpt = DEFAULT_STORE,
+    backend: BackendOpt = "sim",
+    base_url: BaseUrlOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Paired comparison of two configs on the same items (paired bootstrap, sign test)."""
+    from .stats import paired_comparison
+    cat = load_catalog(catalog)
+    cfg_a, cfg_b = resolve_config_ref(a, cat), resolve_config_ref(b, cat)
+    cat.check_config(cfg_a)
+    cat.check_config(cfg_b)
+    ds = _load_items(data, n_items, seed)
+    call_store = open_store(store)
+    ev_a = asyncio.run(_evaluate(cfg_a, ds, scorer, judge_model, cat, backend, base_url, call_store,
+                                 quiet or as_json, "A"))
+    ev_b = asyncio.run(_evaluate(cfg_b, ds, scorer, judge_model, cat, backend, base_url, call_store,
+                                 quiet or as_json, "B"))
+    both = [i for i in ds.ids if ev_a.result.values.get(i) is not None and ev_b.result.values.get(i) is not None]
+    if len(both) < 2:
+        raise MoASearchError(f"only {len(both)} item(s) were scored for both configs; cannot compare")
+    paired = paired_comparison([ev_a.result.values[i] for i in both], [ev_b.result.values[i] for i in both],
+                               seed=seed)
+    if as_json:
+        out.print_json(json.dumps({"a": ev_a.to_dict(), "b": ev_b.to_dict(), "n_paired": paired.n,
+                                   "mean_diff": paired.mean_diff, "diff_ci": [paired.diff.low, paired.diff.high],
+                                   "sign_test_p": paired.sign_test_p, "wilcoxon_p": paired.wilcoxon_p,
+                                   "wins": paired.wins, "losses": paired.losses, "ties": paired.ties}))
+        return
+    out.print(f"A = {a}", markup=False)
+    _print_evaluation(ev_a)
+    out.print(f"B = {b}", markup=False)
+    _print_evaluation(ev_b)
+    out.rule()
+    out.print(f"A - B on {paired.n} paired items: {100 * paired.mean_diff:+.1f} points "
+              f"[{100 * paired.diff.low:+.1f}, {100 * paired.diff.high:+.1f}] {int(100 * paired.diff.confidence)}% CI; "
+              f"A better on {paired.wins}, B on {paired.losses}, tied {paired.ties}; "
+              f"sign test p = {paired.sign_test_p:.3g}", markup=False)
+
+
+@app.command()
+def calls(
+    store: StoreOpt = DEFAULT_STORE,
+    model: Annotated[Optional[str], typer.Option("--model")] = None,
+    role: Annotated[Optional[str], typer.Option("--role", help="proposer | aggregator | judge")] = None,
+    run: Annotated[Optional[str], typer.Option("--run", help="Run id prefix, e.g. 'study:sim-demo/'.")] = None,
+    cached: Annotated[Optional[bool], typer.Option("--cached/--paid", help="Only cache hits / only paid calls.")] = None,
+    limit: Annotated[int, typer.Option("--limit")] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List and filter the call store, newest first, with the spend of the selection."""
+    if not store.exists():
+        raise ConfigError("no call store here yet", source=str(store))
+    cs = CallStore(store)
+    rows = cs.calls(model=model, role=role, run_id_prefix=run, cached=cached, limit=limit)
+    spend = cs.spend(run_id_prefix=run)
+    if as_json:
+        from dataclasses import asdict
+        out.print_json(json.dumps({"calls": [asdict(r) for r in rows], "spend": asdict(spend)}))
+        return
+    from rich.table import Table
+    table = Table("id", "time", "model", "role", "run", "item", "cached", "paid $", "list $", "latency s", "error")
+    for r in rows:
+        table.add_row(str(r.id), r.ts[11:19], r.model.rsplit("/", 1)[-1], r.role, r.run_id or "",
+                      r.item_id or "", "yes" if r.cached else "", f"{r.paid_usd:.5f}", f"{r.cost_usd:.5f}",
+                      "" if r.latency_s is None else f"{r.latency_s:.2f}", (r.error or "")[:40])
+    out.print(table)
+    out.print(f"{spend.calls} calls ({spend.cached_calls} from store, {spend.failed_calls} failed) · "
+              f"paid ${spend.paid_usd:.4f} · saved by the store ${spend.saved_usd:.4f}", markup=False)
+
+
+@app.command()
+def serve(
+    preset_file: Annotated[Path, typer.Argument(help="A preset JSON file (moa-preset/1).")],
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    backend: BackendOpt = "http",
+    base_url: BaseUrlOpt = None,
+    store: StoreOpt = DEFAULT_STORE,
+    api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="Env var holding the bearer token clients must send.")] = None,
+) -> None:
+    """Serve a preset as an OpenAI-compatible /v1/chat/completions endpoint."""
+    import os
+    from .preset import load_preset, preset_catalog
+    from .server import serve as serve_preset
+    p = load_preset(preset_file)
+    token = None
+    if api_key_env:
+        token = os.environ.get(api_key_env)
+        if not token:
+            raise ConfigError(f"environment variable {api_key_env} is not set", field="--api-key-env")
+    provider = make_provider(backend, preset_catalog(p), base_url=base_url)
+    serve_preset(p, provider, host=host, port=port, store=open_store(store), api_key=token)
+
+
+study_app = typer.Typer(no_args_is_help=True, help="Run, inspect and export searches over MoA configs.")
+app.add_typer(study_app, name="study")
+RunsDirOpt = Annotated[Optional[Path], typer.Option("--runs-dir", help="Where studies keep their storage and call store (default ./runs).")]
+
+
+def _metrics_row(r: "TrialRecord") -> list[str]:
+    m = r.metrics
+    assert m is not None and r.config is not None
+    return [str(r.number), r.config.summary(),
+            f"{100 * m.quality:.1f} [{100 * m.quality_low:.1f}, {100 * m.quality_high:.1f}]",
+            f"{m.cost_usd_per_item:.6f}",
+            f"{m.latency_p50_s:.2f}", f"{m.latency_p95_s:.2f}", str(m.n_items)]
+
+
+def print_study(result: "StudyResult") -> None:
+    from rich.table import Column, Table
+    sim = " (simulated world)" if result.is_simulated else ""
+    table = Table("trial", Column("config", min_width=30), "quality % [95% CI]", "$/item", "p50 s", "p95 s", "n",
+                  title=f"Pareto front of study {result.study_name}{sim}: "
+                        f"{', '.join(f'{d} {o}' for o, d in zip(result.objective_names, result.directions))}")
+    for r in sorted(result.pareto_front, key=lambda r: r.metrics.cost_usd_per_item if r.metrics else 0):
+        if r.metrics is not None:
+            table.add_row(*_metrics_row(r))
+    out.print(table)
+    if result.target is not None:
+        t = result.cheapest_meeting_target()
+        out.print(("[green]target met[/green]: " if t.met else "[yellow]target not met[/yellow]: ") + t.message,
+                  highlight=False)
+    done = sum(1 for r in result.trials if r.metrics is not None)
+    out.print(f"{len(result.trials)} trials ({done} measured, {len(result.evaluated)} distinct configs at full "
+              f"fidelity) · spent ${result.spent_usd:.4f}{sim} in {result.spent_calls} paid calls"
+              + (f" · stopped: {result.stop_reason}" if result.stop_reason else ""), markup=False)
+
+
+def _result_json(result: "StudyResult") -> dict[str, object]:
+    def rec(r: "TrialRecord") -> dict[str, object]:
+        m = r.metrics
+        return {"trial": r.number, "status": r.status, "config_hash": r.config.config_hash if r.config else None,
+                "summary": r.config.summary() if r.config else None,
+                "quality": m.quality if m else None, "quality_ci": [m.quality_low, m.quality_high] if m else None,
+                "cost_usd_per_item": m.cost_usd_per_item if m else None,
+                "latency_p50_s": m.latency_p50_s if m else None, "latency_p95_s": m.latency_p95_s if m else None,
+                "n_items": m.n_items if m else None}
+    out_json: dict[str, object] = {"study": result.study_name, "simulated": result.is_simulated,
+                                   "spent_usd": result.spent_usd, "spent_calls": result.spent_calls,
+                                   "stop_reason": result.stop_reason,
+                                   "pareto_front": [rec(r) for r in result.pareto_front],
+                                   "trials": [rec(r) for r in result.trials]}
+    if result.target is not None:
+        t = result.cheapest_meeting_target()
+        out_json["cheapest_meeting_target"] = {"met": t.met, "trial": t.record.number if t.record else None,
+                                               "confidence": t.achieved_confidence, "message": t.message}
+    return out_json
+
+
+@study_app.command("run")
+def study_run(
+    study_file: Annotated[Path, typer.Argument(help="Study file (TOML).")],
+    workers: Annotated[int, typer.Option("--workers", help="Processes sharing the study.")] = 1,
+    runs_dir: RunsDirOpt = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write the HTML report here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run (or resume) a study; print the Pareto front."""
+    from .study import run_study_file
+    optuna_quiet()
+    result = run_study_file(study_file, runs_dir=runs_dir, workers=workers,
+                            on_trial=None if (quiet or as_json) else _trial_printer())
+    if as_json:
+        out.print_json(json.dumps(_result_json(result)))
+    else:
+        print_study(result)
+    if report is not None:
+        _write_report(study_file, runs_dir, report, quiet=as_json)
+
+
+def optuna_quiet() -> None:
+    """Optuna's per-trial INFO lines would drown our own progress lines."""
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _trial_printer():
+    def on_trial(ev: "TrialEvent") -> None:
+        r = ev.record
+        budget = f" of ${ev.budget_usd:.2f}" if ev.budget_usd else ""
+        what = r.config.summary() if r.config else "-"
+        if r.metrics is not None:
+            what += f" · quality {100 * r.metrics.quality:.1f}% · ${r.metrics.cost_usd_per_item:.6f}/item"
+        note = f" · {r.note}" if r.note else ""
+        err.print(f"trial {r.number:>3} [{ev.trials_done}/{ev.budget_trials}] {r.status.lower():<8} {what}{note} "
+                  f"· spent ${ev.spent_usd:.4f}{budget}", markup=False, highlight=False)
+    return on_trial
+
+
+@study_app.command("show")
+def study_show(
+    study_file: Annotated[Path, typer.Argument(help="Study file (TOML).")],
+    runs_dir: RunsDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Print a study's Pareto front, the cheapest config meeting the target, and the spend."""
+    from .study import study_result
+    _, result = study_result(study_file, runs_dir=runs_dir)
+    if as_json:
+        out.print_json(json.dumps(_result_json(result)))
+    else:
+        print_study(result)
+
+
+@study_app.command("export")
+def study_export(
+    study_file: Annotated[Path, typer.Argument(help="Study file (TOML).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the preset files.")] = Path("presets"),
+    trial: Annotated[Optional[int], typer.Option("--trial")] = None,
+    pareto: Annotated[bool, typer.Option("--pareto", help="Every Pareto-optimal config.")] = False,
+    cheapest: Annotated[bool, typer.Option("--cheapest-meeting-target")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="preset | archon | moa-reference | standalone")] = "preset",
+    runs_dir: RunsDirOpt = None,
+) -> None:
+    """Write presets (moa-preset/1 JSON) or another runtime's format for chosen trials."""
+    from .exporters import EXPORT_FORMATS, export_text
+    from .preset import write_preset
+    from .study import select_trials, study_result, trial_preset
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}", field="--format")
+    spec, result = study_result(study_file, runs_dir=runs_dir)
+    cat = spec.load_catalog()
+    suffix = {"preset": ".json", "archon": ".archon.json", "moa-reference": ".sh", "standalone": ".py"}[fmt]
+    for record in select_trials(result, trial=trial, pareto=pareto, cheapest_meeting_target=cheapest):
+        preset = trial_preset(spec, result, record, cat)
+        path = out_dir / f"{preset.name}{suffix}"
+        if fmt == "preset":
+            write_preset(path, preset)
+        else:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(export_text(preset, fmt))
+        out.print(f"wrote {path}", markup=False)
+
+
+def _write_report(study_file: Path, runs_dir: Path | None, path: Path, quiet: bool = False) -> None:
+    from .report import write_study_report
+    written = write_study_report(study_file, path, runs_dir=runs_dir)
+    if not quiet:
+        out.print(f"wrote report {written}", markup=False)
+
+
+@app.command()
+def report(
+    study_file: Annotated[Path, typer.Argument(help="Study file (TOML).")],
+    out_file: Annotated[Path, typer.Option("--out", help="HTML file to write.")] = Path("report.html"),
+    runs_dir: RunsDirOpt = None,
+) -> None:
+    """Write a self-contained HTML report of a study (Plotly, opens offline)."""
+    _write_report(study_file, runs_dir, out_file)
+
+
 def _answer_key(paths: list[Path]) -> "object | None":
     if not paths:
         return None
-    from .datasets import answer_key_pairs, load_dataset
+    from .datasets import load_dataset
     from .providers.simulated import AnswerKey
     pairs = [p for path in paths for p in answer_key_pairs(load_dataset(path))]
     return AnswerKey.from_pairs(pairs)

@@ -139,12 +139,21 @@ class MoAConfig:
         return tuple(sorted(names))
 
     def summary(self) -> str:
-        """A short human label, e.g. ``3L 6x[..] -> Qwen1.5-110B-Chat``."""
+        """A short human label, e.g. ``2L [WizardLM-2-8x22B + dbrx-instruct] -> Qwen1.5-72B-Chat``.
+
+        Up to three distinct proposers are named; more are counted. Repeated samples of one
+        model (Self-MoA) read ``3x Qwen1.5-110B-Chat``.
+        """
         if not self.proposer_layers:
             return f"single {_short(self.aggregator.model)}"
         first = self.proposer_layers[0]
         names = sorted({_short(a.model) for a in first})
-        kind = f"{len(first)}x {names[0]}" if len(names) == 1 else f"{len(first)} models"
+        if len(names) == 1:
+            kind = f"{len(first)}x {names[0]}"
+        elif len(names) <= 3 and len(names) == len(first):
+            kind = " + ".join(names)
+        else:
+            kind = f"{len(first)} agents, {len(names)} models"
         return f"{self.n_layers}L [{kind}] -> {_short(self.aggregator.model)}"
 
     def to_dict(self) -> dict[str, Any]:

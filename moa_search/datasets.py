@@ -341,3 +341,11 @@ def answer_key_pairs(dataset: Dataset) -> list[tuple[str, str | None, float]]:
     ``None``: their difficulty still matters to the world.
     """
     return [(item.prompt_text, item.reference, item.difficulty) for item in dataset.items]
+
+
+def resolve_dataset(ref: str | Path) -> Dataset:
+    """A path to a JSONL file, or the name of a built-in set ("math", "choice", "instruct")."""
+    path = Path(ref)
+    if path.exists() or path.suffix == ".jsonl" or "/" in str(ref):
+        return load_dataset(path)
+    return builtin_dataset(str(ref))

@@ -70,6 +70,7 @@ from scipy import stats as sstats
 from .catalog import Catalog
 from .config import BUILTIN_PRESETS, MoAConfig, canonical_json
 from .errors import ConfigError, MoASearchError
+from .stats import bootstrap_ci
 from .study_spec import StudySpec, check_gp_available
 
 #: Two-sided level of the CIs this module computes when it merges fidelity stages.
@@ -286,8 +287,8 @@ def confidence_at_least(values: Iterable[float], target: float) -> float:
 def merge_metrics(a: TrialMetrics, b: TrialMetrics) -> TrialMetrics:
     """Combine two evaluations of one config on disjoint items (the two fidelity stages).
 
-    Quality and its CI are recomputed from the per-item values (two-sided ``CI_LEVEL`` t
-    interval); latency percentiles are exact when both parts carry ``item_latency_s`` and an
+    Quality and its CI are recomputed from the per-item values with the same bootstrap interval
+    the evaluator reports (so it stays inside the values' range, unlike a t interval); latency percentiles are exact when both parts carry ``item_latency_s`` and an
     item-weighted average otherwise.
     """
     values = {**a.item_values, **b.item_values}
@@ -300,7 +301,7 @@ def merge_metrics(a: TrialMetrics, b: TrialMetrics) -> TrialMetrics:
     else:
         p50 = wa * a.latency_p50_s + wb * b.latency_p50_s
         p95 = max(a.latency_p95_s, b.latency_p95_s)
-    side = 0.5 + CI_LEVEL / 2
+    ci = bootstrap_ci(x, CI_LEVEL) if x.size else None
 
     def mix(ma: Mapping[str, float], mb: Mapping[str, float]) -> dict[str, float]:
         return {k: wa * ma.get(k, 0.0) + wb * mb.get(k, 0.0) for k in sorted(set(ma) | set(mb))}
@@ -310,7 +311,7 @@ def merge_metrics(a: TrialMetrics, b: TrialMetrics) -> TrialMetrics:
 
     return TrialMetrics(
         quality=float(x.mean()) if x.size else math.nan,
-        quality_low=mean_bound(x, side, upper=False), quality_high=mean_bound(x, side, upper=True),
+        quality_low=ci.low if ci else math.nan, quality_high=ci.high if ci else math.nan,
         n_items=n, item_values=values,
         cost_usd_per_item=wa * a.cost_usd_per_item + wb * b.cost_usd_per_item,
         paid_usd=a.paid_usd + b.paid_usd, latency_p50_s=p50, latency_p95_s=p95,

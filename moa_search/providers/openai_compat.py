@@ -1,0 +1,377 @@
+"""The HTTP provider: any OpenAI-compatible ``/chat/completions`` endpoint over one httpx client.
+
+Why it looks like this:
+
+* Money is counted from the usage the endpoint *reports*; a reply without usable ``usage`` is
+  refused (``MalformedReplyError``) rather than silently counted as free.
+* Transient failures (429, 5xx, timeouts, dropped connections) are retried with full-jitter
+  exponential backoff (tenacity), honouring ``Retry-After``; client errors (other 4xx) are not,
+  because repeating a bad request only spends quota.
+* Concurrency is bounded per endpoint (a semaphore held only while a request is on the wire, not
+  while backing off) and optional RPM / TPM limits use aiolimiter leaky buckets, so a large MoA
+  fan-out does not trip the provider's own rate limiter.
+* The API key is read from the environment at call time, sent only as a per-request header and
+  scrubbed from any server message we quote: it never reaches a log line, exception or repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+import httpx
+from aiolimiter import AsyncLimiter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_base, wait_random_exponential
+
+from ..catalog import Catalog, ModelInfo
+from ..errors import ConfigError
+from .base import AuthError, ChatRequest, Completion, MalformedReplyError, ProviderError, Usage
+
+log = logging.getLogger(__name__)
+
+MALFORMED_JSON_RETRIES = 2
+"""Unparseable bodies are usually a proxy hiccup: retry them this many times, no more."""
+
+_MAX_SERVER_MESSAGE = 300
+
+
+class _Transient(Exception):
+    """One failed attempt that may succeed if repeated; becomes a ``ProviderError`` at the end.
+
+    Private to this module: it never escapes ``complete``.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after_s: float | None = None,
+                 kind: str = "http"):  # kind: "http" | "timeout" | "connect" | "transport" | "malformed_json"
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.kind = kind
+
+
+class _RetryAfterOrBackoff(wait_base):
+    """Wait what the server asked for (``Retry-After``), else full-jitter exponential backoff."""
+
+    def __init__(self, base_s: float, max_s: float):
+        self._backoff = wait_random_exponential(multiplier=base_s, max=max_s)
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        if isinstance(exc, _Transient) and exc.retry_after_s is not None:
+            return exc.retry_after_s
+        return self._backoff(retry_state)
+
+
+@dataclass
+class _EndpointLimits:
+    """Per-endpoint throttles; created lazily, inside the running event loop."""
+
+    semaphore: asyncio.Semaphore
+    requests: AsyncLimiter | None
+    tokens: AsyncLimiter | None
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None if unusable."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def estimate_prompt_tokens(request: ChatRequest) -> int:
+    """A cheap upper-ish estimate (4 characters a token, plus framing) for the TPM limiter."""
+    return sum(len(m.content) // 4 + 4 for m in request.messages) + 3
+
+
+def server_message(response: httpx.Response, *, secret: str | None = None) -> str:
+    """The server's error message on one line, truncated, with the API key (if echoed) masked."""
+    text = response.text
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            text = err["message"]
+        elif isinstance(err, str):
+            text = err
+        elif isinstance(data.get("detail"), str):
+            text = data["detail"]
+        elif isinstance(data.get("message"), str):
+            text = data["message"]
+    return scrub(" ".join(text.split()), secret)[:_MAX_SERVER_MESSAGE] or response.reason_phrase
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """Mask a secret anywhere in ``text`` (servers sometimes echo the key they rejected)."""
+    if secret:
+        text = text.replace(secret, "***")
+        if len(secret) >= 8:  # masked echoes like "sk-...abcd" / "sk-****abcd" still leak the tail
+            text = re.sub(r"(?<![A-Za-z0-9])" + re.escape(secret[-4:]) + r"(?![A-Za-z0-9])", "***", text)
+    return text
+
+
+def parse_chat_reply(data: Any, *, endpoint: str, model: str) -> tuple[str, Usage, str, dict[str, Any]]:
+    """Text, usage, finish reason and the non-standard ``x_`` fields of a chat.completion body."""
+    where = f"reply for model {model!r}"
+    if not isinstance(data, dict):
+        raise MalformedReplyError(f"{where} is not a JSON object", endpoint=endpoint)
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        error = data.get("error")  # some proxies wrap errors in a 200
+        detail = error.get("message") if isinstance(error, dict) else error
+        said = f" (the server said: {' '.join(detail.split())[:_MAX_SERVER_MESSAGE]})" if isinstance(detail, str) else ""
+        raise MalformedReplyError(f"{where} has no choices{said}", endpoint=endpoint)
+    message = choices[0].get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str):
+        raise MalformedReplyError(f"{where} has no message content", endpoint=endpoint)
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        raise MalformedReplyError(f"{where} has no 'usage'; its cost cannot be counted", endpoint=endpoint)
+    counts = []
+    for key in ("prompt_tokens", "completion_tokens"):
+        value = usage.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise MalformedReplyError(f"{where} has invalid usage.{key}: {value!r}", endpoint=endpoint)
+        counts.append(value)
+    finish = choices[0].get("finish_reason")
+    extras = {k: v for k, v in data.items() if k.startswith("x_")}
+    return content, Usage(counts[0], counts[1]), finish if isinstance(finish, str) else "unknown", extras
+
+
+class OpenAICompatProvider:
+    """Implements ``Provider`` for OpenAI-compatible endpoints named in a ``Catalog``.
+
+    ``max_retries`` counts retries after the first attempt. ``latency_s`` of a completion is
+    the wall time of the attempt that succeeded (the model's latency), so a config's latency does
+    not depend on our own queueing or on transient faults; the whole wall time including
+    queueing and retries is in ``extra["wall_s"]``. ``send_sample_index`` adds the non-standard
+    ``x_sample_index`` field, understood by the sim-server only (real APIs reject unknown fields).
+    """
+
+    def __init__(self, catalog: Catalog, *, timeout_s: float = 120.0, max_retries: int = 6,
+                 backoff_base_s: float = 1.0, backoff_max_s: float = 60.0,
+                 max_concurrency_per_endpoint: int = 16, requests_per_minute: float | None = None,
+                 tokens_per_minute: float | None = None, env: Mapping[str, str] | None = None,
+                 send_sample_index: bool = False):
+        for name, value in (("timeout_s", timeout_s), ("backoff_base_s", backoff_base_s),
+                            ("backoff_max_s", backoff_max_s)):
+            if not value > 0:
+                raise ConfigError(f"must be > 0, got {value!r}", field=name)
+        if max_retries < 0:
+            raise ConfigError(f"must be >= 0, got {max_retries!r}", field="max_retries")
+        if max_concurrency_per_endpoint < 1:
+            raise ConfigError(f"must be >= 1, got {max_concurrency_per_endpoint!r}",
+                              field="max_concurrency_per_endpoint")
+        for name, rate in (("requests_per_minute", requests_per_minute), ("tokens_per_minute", tokens_per_minute)):
+            if rate is not None and not rate > 0:
+                raise ConfigError(f"must be > 0, got {rate!r}", field=name)
+        self.catalog = catalog
+        self.timeout_s = float(timeout_s)
+        self.max_retries = int(max_retries)
+        self.backoff_base_s = float(backoff_base_s)
+        self.backoff_max_s = float(backoff_max_s)
+        self.max_concurrency_per_endpoint = int(max_concurrency_per_endpoint)
+        self.requests_per_minute = requests_per_minute
+        self.tokens_per_minute = tokens_per_minute
+        self.send_sample_index = send_sample_index
+        self._env = env
+        self._client: httpx.AsyncClient | None = None
+        self._limits: dict[str, _EndpointLimits] = {}
+
+    def __repr__(self) -> str:
+        return (f"OpenAICompatProvider(endpoints={sorted({m.endpoint.base_url for m in self.catalog.models.values()})}, "
+                f"max_retries={self.max_retries}, timeout_s={self.timeout_s:g})")
+
+    def endpoint_identity(self, model: str) -> str:
+        return self.catalog.get(model).endpoint.base_url
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    # ---- one call ------------------------------------------------------------------------
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        info = self.catalog.get(request.model)
+        base_url = info.endpoint.base_url
+        key = self._api_key(info)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        body: dict[str, Any] = {"model": request.model, "messages": request.messages_as_dicts(),
+                                "temperature": request.temperature, "max_tokens": request.max_tokens}
+        if self.send_sample_index:
+            body["x_sample_index"] = request.sample_index
+        limits = self._endpoint_limits(base_url)
+        tokens = estimate_prompt_tokens(request) + request.max_tokens
+        malformed_seen = 0
+
+        def should_retry(exc: BaseException) -> bool:
+            nonlocal malformed_seen
+            if not isinstance(exc, _Transient):
+                return False
+            if exc.kind == "malformed_json":
+                malformed_seen += 1
+                return malformed_seen <= MALFORMED_JSON_RETRIES
+            return True
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            wait = state.next_action.sleep if state.next_action is not None else 0.0
+            log.info("%s: model %r attempt %d/%d failed (%s); retrying in %.2fs", base_url, request.model,
+                     state.attempt_number, self.max_retries + 1, exc, wait)
+
+        started = time.perf_counter()
+        attempts = 0
+        try:
+            async for attempt in AsyncRetrying(
+                    stop=stop_after_attempt(self.max_retries + 1),
+                    wait=_RetryAfterOrBackoff(self.backoff_base_s, self.backoff_max_s),
+                    retry=retry_if_exception(should_retry), before_sleep=before_sleep, reraise=True):
+                with attempt:
+                    attempts += 1
+                    data, latency = await self._attempt(base_url, body, headers, key, limits, tokens)
+        except _Transient as exc:
+            raise self._final_error(exc, base_url, request.model, attempts) from None
+        text, usage, finish, extras = parse_chat_reply(data, endpoint=base_url, model=request.model)
+        extra: dict[str, Any] = {"attempts": attempts, "wall_s": time.perf_counter() - started}
+        if isinstance(extras.get("x_latency_s"), (int, float)):
+            extra["reported_latency_s"] = float(extras["x_latency_s"])
+        return Completion(text=text.strip(), model=request.model, usage=usage,
+                          cost_usd=info.cost(usage.prompt_tokens, usage.completion_tokens),
+                          latency_s=latency, ttft_s=None, finish_reason=finish,
+                          simulated=extras.get("x_simulated") is True, extra=extra)
+
+    async def _attempt(self, base_url: str, body: dict[str, Any], headers: dict[str, str], key: str | None,
+                       limits: _EndpointLimits, tokens: float) -> tuple[Any, float]:
+        """One HTTP exchange: throttled, timed, and classified into success / retry / final error."""
+        if limits.requests is not None:
+            await limits.requests.acquire()
+        if limits.tokens is not None:
+            await _acquire(limits.tokens, tokens)
+        async with limits.semaphore:
+            t0 = time.perf_counter()
+            try:
+                response = await self._http().post(f"{base_url}/chat/completions", json=body, headers=headers)
+            except httpx.TimeoutException:
+                raise _Transient(f"timed out after {self.timeout_s:g}s", kind="timeout") from None
+            except httpx.ConnectError as exc:
+                raise _Transient(f"connection failed: {scrub(str(exc), key) or type(exc).__name__}",
+                                 kind="connect") from None
+            except httpx.TransportError as exc:
+                raise _Transient(f"{type(exc).__name__}: {scrub(str(exc), key)}", kind="transport") from None
+            latency = time.perf_counter() - t0
+        status = response.status_code
+        if 200 <= status < 300:
+            try:
+                return response.json(), latency
+            except ValueError:
+                raise _Transient("reply is not valid JSON", status=200, kind="malformed_json") from None
+        message = server_message(response, secret=key)
+        if status in (408, 429) or status >= 500:
+            retry_after = parse_retry_after(response.headers.get("retry-after")) if status in (429, 503) else None
+            if retry_after is not None and retry_after > self.backoff_max_s:
+                raise ProviderError(f"HTTP {status}: {message} (the server asks to retry after "
+                                    f"{retry_after:g}s, more than backoff_max_s={self.backoff_max_s:g})",
+                                    endpoint=base_url, status=status, retryable=True)
+            raise _Transient(f"HTTP {status}: {message}", status=status, retry_after_s=retry_after)
+        error_class = AuthError if status in (401, 403) else ProviderError
+        raise error_class(f"HTTP {status} for model {body['model']!r}: {message}", endpoint=base_url,
+                          status=status)
+
+    def _final_error(self, exc: _Transient, base_url: str, model: str, attempts: int) -> ProviderError:
+        tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+        if exc.kind == "connect":
+            err = ProviderError(f"cannot connect to {base_url} (model {model!r}, {tries}): {exc}",
+                                status=None, retryable=True)
+            err.endpoint = base_url  # the message already names it; don't prefix it twice
+            return err
+        if exc.kind == "malformed_json":
+            return MalformedReplyError(f"reply for model {model!r} is not valid JSON ({tries})",
+                                       endpoint=base_url, status=200)
+        return ProviderError(f"model {model!r} failed after {tries}: {exc}", endpoint=base_url,
+                             status=exc.status, retryable=True)
+
+    # ---- shared resources ----------------------------------------------------------------
+
+    def _api_key(self, info: ModelInfo) -> str | None:
+        name = info.endpoint.api_key_env
+        if not name:
+            return None
+        env = self._env if self._env is not None else os.environ
+        key = env.get(name)
+        if not key:
+            raise AuthError(f"environment variable {name} is not set (needed for model {info.id!r})",
+                            endpoint=info.endpoint.base_url)
+        return key
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            # Concurrency is bounded per endpoint by our semaphores, so the pool itself is not.
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout_s),
+                limits=httpx.Limits(max_connections=None,
+                                    max_keepalive_connections=max(20, self.max_concurrency_per_endpoint)),
+                headers={"Content-Type": "application/json"},
+            )
+        return self._client
+
+    def _endpoint_limits(self, base_url: str) -> _EndpointLimits:
+        limits = self._limits.get(base_url)
+        if limits is None:
+            requests = _per_second_bucket(self.requests_per_minute)
+            tokens = _per_second_bucket(self.tokens_per_minute)
+            limits = _EndpointLimits(asyncio.Semaphore(self.max_concurrency_per_endpoint), requests, tokens)
+            self._limits[base_url] = limits
+        return limits
+
+
+async def _acquire(bucket: AsyncLimiter, amount: float) -> None:
+    """Take ``amount`` from the bucket, in bucket-sized pieces when it is larger than the bucket.
+
+    A request bigger than one second's token budget is charged in full (it just waits longer),
+    so the long-run rate never exceeds the limit.
+    """
+    while amount > 0:
+        piece = min(amount, bucket.max_rate)
+        await bucket.acquire(piece)
+        amount -= piece
+
+
+def _per_second_bucket(per_minute: float | None) -> AsyncLimiter | None:
+    """A leaky bucket that drains per second rather than per minute.
+
+    Providers enforce "per minute" limits over shorter windows (OpenAI documents 60 RPM being
+    enforced as 1 per second), so a bucket that allows the whole minute's budget as one burst
+    would trip them. Below one a second, the bucket holds a single request.
+    """
+    if per_minute is None:
+        return None
+    if per_minute >= 60:
+        return AsyncLimiter(per_minute / 60.0, 1.0)
+    return AsyncLimiter(1, 60.0 / per_minute)

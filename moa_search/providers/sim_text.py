@@ -1,0 +1,169 @@
+"""Words for the simulated world: readable pseudo-prose of a given length, and plausible wrong
+answers.
+
+The prose carries no meaning; it exists so that lengths, token counts, truncation and the
+judge's length bias behave as with real text, and so a person looking at a trace sees answers,
+not placeholders. It never contains the characters a footer or a numbered reference list is
+made of (``[``, ``|``, a line starting with a digit), so parsing the world back cannot trip on it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+_VOCAB = tuple("""
+the a of and to in that is for it as with this on be by can are an or which from these more
+when each also most often will should may their such one other approach answer question
+point key important example case result reason step detail idea context option practice
+clear useful simple common careful general specific main first second next final better best
+consider note explain describe compare suggest provide ensure avoid balance improve support
+help include require depend affect show mean keep make take use find give follow check
+people time work way part number level problem value system process information method
+quality benefit cost risk effect change goal plan choice factor aspect feature source
+evidence view summary structure outcome pattern principle standard tradeoff constraint
+usually typically generally clearly especially directly carefully roughly closely together
+""".split())
+_VOCAB_ARR = np.array(_VOCAB, dtype=object)
+_KEYWORD_RE = re.compile(r"[A-Za-z][a-z]{3,}")
+
+OPENERS = (
+    "Here is a careful answer.",
+    "Good question, and the answer depends on a few points.",
+    "Let me explain this step by step.",
+    "In short, there are several things to consider.",
+    "This is a common question with a clear answer.",
+)
+
+
+def keywords(prompt: str, limit: int = 10) -> list[str]:
+    """Some of the prompt's own words, so an answer reads as if about the prompt."""
+    seen: dict[str, None] = {}
+    for word in _KEYWORD_RE.findall(prompt):
+        seen.setdefault(word.lower(), None)
+        if len(seen) >= limit:
+            break
+    return list(seen)
+
+
+def _sentence_bank(n: int = 2048) -> tuple[tuple[str, ...], np.ndarray]:
+    """A fixed bank of pseudo-sentences, built once: assembling answers from it is ~20x faster
+    than drawing word by word, which matters at tens of thousands of calls per search."""
+    rng = np.random.default_rng(20240601)
+    sentences = []
+    for length in rng.integers(7, 18, size=n).tolist():
+        words = _VOCAB_ARR[rng.integers(0, len(_VOCAB), size=length)].tolist()
+        sentence = " ".join(words)
+        sentences.append(sentence[0].upper() + sentence[1:] + ".")
+    return tuple(sentences), np.array([len(x) + 1 for x in sentences])
+
+
+_BANK, _BANK_LEN = _sentence_bank()
+_MEAN_LEN = float(_BANK_LEN.mean())
+
+
+def prose(rng: np.random.Generator, n_chars: int, *, opener: str, topic: list[str]) -> str:
+    """Whole sentences (paragraphs of 3-5) until at least ``n_chars`` characters; about one
+    sentence in four mentions a word of the prompt. A length limit is applied later (``cut``)."""
+    need = max(1, n_chars - len(opener))
+    count = int(need / _MEAN_LEN * 1.3) + 3
+    index = rng.integers(0, len(_BANK), size=count)
+    ends = np.cumsum(_BANK_LEN[index])
+    used = min(count, int(np.searchsorted(ends, need)) + 1)
+    breaks = rng.integers(3, 6, size=used).tolist()
+    topical = rng.random(used) < 0.25 if topic else np.zeros(used, dtype=bool)
+    picks = rng.integers(0, max(1, len(topic)), size=used).tolist()
+    out = [opener]
+    in_paragraph = 0
+    for k, (i, t) in enumerate(zip(index[:used].tolist(), topical.tolist())):
+        sentence = _BANK[i]
+        if t:
+            sentence = f"As for {topic[picks[k]]}, {sentence[0].lower()}{sentence[1:]}"
+        if in_paragraph >= breaks[k]:
+            out.append("\n\n")
+            in_paragraph = 0
+        else:
+            out.append(" ")
+            in_paragraph += 1
+        out.append(sentence)
+    return "".join(out)
+
+
+def cut(text: str, n_chars: int) -> str:
+    """At most ``n_chars``, cut at a word boundary: how a length limit ends an answer."""
+    if len(text) <= n_chars:
+        return text
+    head = text[:n_chars]
+    space = head.rfind(" ")
+    return (head[:space] if space > 0 else head).rstrip()
+
+
+# ---- answers to keyed items ------------------------------------------------------------------
+
+LETTERS = "ABCDE"
+_NUMBER_RE = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
+
+
+def answer_line(value: str) -> str:
+    """How the answer is stated, in the forms the scorers extract: options as ``Answer: (C)``,
+    anything else as ``Final answer: <value>``."""
+    if len(value) == 1 and value.upper() in LETTERS:
+        return f"Answer: ({value.upper()})"
+    return f"Final answer: {value}"
+
+
+def distractors(reference: str, rng: np.random.Generator, n: int = 3) -> list[str]:
+    """Wrong answers a model could plausibly give, most common first.
+
+    Numbers are off by a little or have a slipped digit; an option letter becomes another
+    letter; anything else becomes an unrelated phrase. Drawn per item, so different models
+    sometimes make the *same* mistake, as real models do.
+    """
+    ref = reference.strip()
+    if len(ref) == 1 and ref.upper() in LETTERS:
+        others = [c for c in LETTERS if c != ref.upper()]
+        return [others[i] for i in rng.permutation(len(others))[:n]]
+    if _NUMBER_RE.match(ref):
+        return _numeric_distractors(ref, rng, n)
+    out: list[str] = []
+    while len(out) < n:
+        phrase = " ".join(_VOCAB_ARR[rng.integers(0, len(_VOCAB), size=2)].tolist())
+        if phrase.casefold() != ref.casefold() and phrase not in out:
+            out.append(phrase)
+    return out
+
+
+def _numeric_distractors(ref: str, rng: np.random.Generator, n: int) -> list[str]:
+    decimals = len(ref.split(".")[1]) if "." in ref else 0
+    value = float(ref)
+    step = 10.0 ** -decimals
+    candidates = [value + step, value - step, value * 1.1, value * 0.9, value + 10 * step,
+                  _digit_slip(ref, rng), value * 2, value / 2]
+    out: list[str] = []
+    for c in candidates:
+        text = c if isinstance(c, str) else f"{c:.{decimals}f}"
+        if text not in out and text != ref and not (_NUMBER_RE.match(text) and float(text) == value):
+            out.append(text)
+    order = rng.permutation(len(out))
+    picked = [out[i] for i in order[:n]]
+    while len(picked) < n:  # tiny references like "0" can run short; grow outwards
+        picked.append(f"{value + (len(picked) + 2) * step:.{decimals}f}")
+    return picked
+
+
+def _digit_slip(ref: str, rng: np.random.Generator) -> str:
+    """One digit changed: the typo kind of mistake."""
+    positions = [i for i, ch in enumerate(ref) if ch.isdigit()]
+    i = positions[int(rng.integers(0, len(positions)))]
+    new = str((int(ref[i]) + int(rng.integers(1, 10))) % 10)
+    slipped = ref[:i] + new + ref[i + 1:]
+    if slipped.lstrip("+-").startswith("0") and len(slipped.lstrip("+-").split(".")[0]) > 1:
+        slipped = ref[:i] + str(max(1, int(new))) + ref[i + 1:]
+    return slipped
+
+
+def n_tokens(rng: np.random.Generator, verbosity: int, sigma: float) -> int:
+    """An answer's natural length: the model's verbosity, log-normally spread."""
+    return max(16, int(round(verbosity * math.exp(float(rng.normal(0.0, sigma))))))

@@ -16,8 +16,16 @@ Backend = Literal["sim", "http"]
 
 
 def make_provider(backend: str, catalog: Catalog, *, base_url: str | None = None,
-                  answer_key: "object | None" = None, seed: int = 0, sleep: bool = False) -> Provider:
-    """``base_url`` routes every model to one endpoint (a local server, the sim-server)."""
+                  answer_key: "object | None" = None, seed: int = 0, sleep: bool = False,
+                  sim_endpoint: bool = False, max_retries: int | None = None,
+                  api_key_env: str = "") -> Provider:
+    """``base_url`` routes every model to one endpoint (a local server, the sim-server).
+
+    ``sim_endpoint`` says the HTTP endpoint is ``moa-search sim-server``: the request's sample
+    index is then sent (as ``x_sample_index``) so repeated samples of one model differ there as
+    they do in process. Real APIs reject unknown fields, so it is off unless asked for.
+    ``api_key_env`` names the variable holding the key for ``base_url`` (read at call time).
+    """
     if backend == "sim":
         if base_url:
             raise ConfigError("--base-url goes with --backend http (the sim backend runs in process)",
@@ -26,5 +34,7 @@ def make_provider(backend: str, catalog: Catalog, *, base_url: str | None = None
         return SimulatedProvider(catalog, answer_key=answer_key, seed=seed, sleep=sleep)  # type: ignore[arg-type]
     if backend == "http":
         from .providers.openai_compat import OpenAICompatProvider
-        return OpenAICompatProvider(catalog.with_base_url(base_url) if base_url else catalog)
+        retries = {} if max_retries is None else {"max_retries": max_retries}
+        return OpenAICompatProvider(catalog.with_base_url(base_url, api_key_env) if base_url else catalog,
+                                    send_sample_index=sim_endpoint, **retries)
     raise ConfigError(f"unknown backend {backend!r}; expected 'sim' or 'http'", field="backend")

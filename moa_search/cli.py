@@ -42,6 +42,9 @@ CatalogOpt = Annotated[Optional[Path], typer.Option("--catalog", help="Model cat
 StoreOpt = Annotated[Path, typer.Option("--store", help="SQLite call store (cache and log of every call).")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="'sim' (offline simulated world) or 'http'.")]
 BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="Send every model to this endpoint.")]
+KeyEnvOpt = Annotated[str, typer.Option("--api-key-env", help="Env var holding the key for --base-url (its name, never the key).")]
+RetriesOpt = Annotated[Optional[int], typer.Option("--retries", help="HTTP retries per call on 429/5xx/timeouts (default 6).")]
+SimEndpointOpt = Annotated[bool, typer.Option("--sim-endpoint", help="The --base-url is `moa-search sim-server`: send sample indices so Self-MoA samples differ.")]
 
 
 def load_catalog(path: Path | None) -> Catalog:
@@ -70,13 +73,15 @@ def resolve_config_ref(ref: str, catalog: Catalog) -> MoAConfig:
                       f"or a model in {catalog.source}")
 
 
-def provider_for(backend: str, cat: Catalog, base_url: str | None, dataset: "Dataset | None" = None):
+def provider_for(backend: str, cat: Catalog, base_url: str | None, dataset: "Dataset | None" = None,
+                 sim_endpoint: bool = False, retries: int | None = None, api_key_env: str = ""):
     """The simulated world is told the validation set's references (its answer key)."""
     key = None
     if backend == "sim" and dataset is not None:
         from .providers.simulated import AnswerKey
         key = AnswerKey.from_pairs(answer_key_pairs(dataset))
-    return make_provider(backend, cat, base_url=base_url, answer_key=key)
+    return make_provider(backend, cat, base_url=base_url, answer_key=key, sim_endpoint=sim_endpoint,
+                         max_retries=retries, api_key_env=api_key_env)
 
 
 def scorer_options(scorer: str, judge_model: str | None) -> dict[str, object]:
@@ -113,6 +118,9 @@ def run(
     no_store: Annotated[bool, typer.Option("--no-store", help="Do not cache or log calls.")] = False,
     backend: BackendOpt = "sim",
     base_url: BaseUrlOpt = None,
+    sim_endpoint: SimEndpointOpt = False,
+    retries: RetriesOpt = None,
+    api_key_env: KeyEnvOpt = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run one MoA config on one prompt; print the answer and its cost and latency."""
@@ -123,7 +131,8 @@ def run(
     call_store = open_store(store, no_store)
 
     async def go() -> ItemTrace:
-        provider = provider_for(backend, cat, base_url)
+        provider = provider_for(backend, cat, base_url, sim_endpoint=sim_endpoint, retries=retries,
+                                api_key_env=api_key_env)
         try:
             return await Runner(provider, call_store).run_item(cfg, messages)  # type: ignore[arg-type]
         finally:
@@ -137,9 +146,9 @@ def run(
     else:
         label = " (simulated)" if trace.simulated else ""
         if trace.failed:
-            err.print(f"[red]item failed[/red]: {trace.error}")
+            err.print(f"error: item failed: {trace.error}", markup=False, highlight=False, soft_wrap=True)
         else:
-            out.print(trace.answer, markup=False, highlight=False)
+            out.print(trace.answer, markup=False, highlight=False, soft_wrap=True)
         out.rule()
         out.print(f"config {cfg.summary()} [{cfg.config_hash}]", markup=False)
         out.print(f"calls {trace.n_calls} ({trace.n_cached} from store, {trace.n_failed_calls} failed) · "
@@ -172,7 +181,8 @@ def sim_server(
     provider = SimulatedProvider(load_catalog(catalog), answer_key=key, seed=seed)
     faults = FaultConfig(rate_429=rate_429, rate_500=rate_500, rate_timeout=rate_timeout,
                          rate_malformed=rate_malformed, seed=seed)
-    err.print(f"simulated model world on http://{host}:{port}/v1 (simulated answers, not real LLMs)")
+    err.print("serving the simulated model world (simulated answers, not real LLMs); "
+              "the listening address is logged below", markup=False)
     serve_forever(provider, host, port, faults=faults, sleep_latency=sleep or latency_ms is not None,
                   latency_override_s=None if latency_ms is None else latency_ms / 1000)
 
@@ -191,9 +201,9 @@ def _load_items(data: str, n_items: int | None, seed: int) -> Dataset:
 
 async def _evaluate(cfg: MoAConfig, ds: Dataset, scorer: str, judge_model: str | None, cat: Catalog,
                     backend: str, base_url: str | None, call_store: CallStore | None, quiet: bool,
-                    label: str) -> "ConfigEvaluation":
+                    label: str, sim_endpoint: bool = False) -> "ConfigEvaluation":
     from .evaluate import DatasetEvaluator
-    provider = provider_for(backend, cat, base_url, ds)
+    provider = provider_for(backend, cat, base_url, ds, sim_endpoint)
     try:
         evaluator = DatasetEvaluator(provider, call_store, ds, scorer, scorer_options(scorer, judge_model))
         with item_progress(len(ds), label, quiet=quiet) as on_item:
@@ -236,6 +246,7 @@ def eval_(
     store: StoreOpt = DEFAULT_STORE,
     backend: BackendOpt = "sim",
     base_url: BaseUrlOpt = None,
+    sim_endpoint: SimEndpointOpt = False,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the JSON result here.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     quiet: QuietOpt = False,
@@ -246,7 +257,7 @@ def eval_(
     cat.check_config(cfg)
     ds = _load_items(data, n_items, seed)
     ev = asyncio.run(_evaluate(cfg, ds, scorer, judge_model, cat, backend, base_url, open_store(store),
-                               quiet or as_json, "eval"))
+                               quiet or as_json, "eval", sim_endpoint))
     result = {"dataset": ds.name, "dataset_source": ds.source, **ev.to_dict()}
     if out_file:
         out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -272,6 +283,7 @@ def compare(
     store: StoreOpt = DEFAULT_STORE,
     backend: BackendOpt = "sim",
     base_url: BaseUrlOpt = None,
+    sim_endpoint: SimEndpointOpt = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -284,9 +296,9 @@ def compare(
     ds = _load_items(data, n_items, seed)
     call_store = open_store(store)
     ev_a = asyncio.run(_evaluate(cfg_a, ds, scorer, judge_model, cat, backend, base_url, call_store,
-                                 quiet or as_json, "A"))
+                                 quiet or as_json, "A", sim_endpoint))
     ev_b = asyncio.run(_evaluate(cfg_b, ds, scorer, judge_model, cat, backend, base_url, call_store,
-                                 quiet or as_json, "B"))
+                                 quiet or as_json, "B", sim_endpoint))
     both = [i for i in ds.ids if ev_a.result.values.get(i) is not None and ev_b.result.values.get(i) is not None]
     if len(both) < 2:
         raise MoASearchError(f"only {len(both)} item(s) were scored for both configs; cannot compare")
@@ -533,9 +545,9 @@ def _answer_key(paths: list[Path]) -> "object | None":
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # click returns Exit codes in this mode
     except MoASearchError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except typer.Exit as exc:
         return exc.exit_code
@@ -548,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return exc.exit_code
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

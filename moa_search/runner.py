@@ -166,9 +166,10 @@ class Runner:
             calls.extend(results)
             ok = [r.completion.text for r in results if r.completion is not None]
             if not ok:
-                reasons = "; ".join(r.error or "" for r in results)
+                first = results[0].error
                 return ItemTrace(item_id, config.config_hash, None, tuple(calls),
-                                 f"every proposer in layer {layer_index + 1} failed: {reasons}")
+                                 f"every proposer in layer {layer_index + 1} failed ({len(results)} "
+                                 f"agents; each error is in the trace), first: {first}")
             references = ok
         final = await self._agent_call(config.aggregator, 0, config.rounds, 0, "aggregator",
                                        messages, references, config, item_id)

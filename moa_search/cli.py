@@ -201,9 +201,10 @@ def _load_items(data: str, n_items: int | None, seed: int) -> Dataset:
 
 async def _evaluate(cfg: MoAConfig, ds: Dataset, scorer: str, judge_model: str | None, cat: Catalog,
                     backend: str, base_url: str | None, call_store: CallStore | None, quiet: bool,
-                    label: str, sim_endpoint: bool = False) -> "ConfigEvaluation":
+                    label: str, sim_endpoint: bool = False, retries: int | None = None,
+                    api_key_env: str = "") -> "ConfigEvaluation":
     from .evaluate import DatasetEvaluator
-    provider = provider_for(backend, cat, base_url, ds, sim_endpoint)
+    provider = provider_for(backend, cat, base_url, ds, sim_endpoint, retries, api_key_env)
     try:
         evaluator = DatasetEvaluator(provider, call_store, ds, scorer, scorer_options(scorer, judge_model))
         with item_progress(len(ds), label, quiet=quiet) as on_item:
@@ -247,6 +248,8 @@ def eval_(
     backend: BackendOpt = "sim",
     base_url: BaseUrlOpt = None,
     sim_endpoint: SimEndpointOpt = False,
+    retries: RetriesOpt = None,
+    api_key_env: KeyEnvOpt = "",
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the JSON result here.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     quiet: QuietOpt = False,
@@ -257,7 +260,7 @@ def eval_(
     cat.check_config(cfg)
     ds = _load_items(data, n_items, seed)
     ev = asyncio.run(_evaluate(cfg, ds, scorer, judge_model, cat, backend, base_url, open_store(store),
-                               quiet or as_json, "eval", sim_endpoint))
+                               quiet or as_json, "eval", sim_endpoint, retries, api_key_env))
     result = {"dataset": ds.name, "dataset_source": ds.source, **ev.to_dict()}
     if out_file:
         out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -284,6 +287,8 @@ def compare(
     backend: BackendOpt = "sim",
     base_url: BaseUrlOpt = None,
     sim_endpoint: SimEndpointOpt = False,
+    retries: RetriesOpt = None,
+    api_key_env: KeyEnvOpt = "",
     as_json: Annotated[bool, typer.Option("--json")] = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -296,9 +301,9 @@ def compare(
     ds = _load_items(data, n_items, seed)
     call_store = open_store(store)
     ev_a = asyncio.run(_evaluate(cfg_a, ds, scorer, judge_model, cat, backend, base_url, call_store,
-                                 quiet or as_json, "A", sim_endpoint))
+                                 quiet or as_json, "A", sim_endpoint, retries, api_key_env))
     ev_b = asyncio.run(_evaluate(cfg_b, ds, scorer, judge_model, cat, backend, base_url, call_store,
-                                 quiet or as_json, "B", sim_endpoint))
+                                 quiet or as_json, "B", sim_endpoint, retries, api_key_env))
     both = [i for i in ds.ids if ev_a.result.values.get(i) is not None and ev_b.result.values.get(i) is not None]
     if len(both) < 2:
         raise MoASearchError(f"only {len(both)} item(s) were scored for both configs; cannot compare")

@@ -251,7 +251,8 @@ class StudyResult:
             return TargetResult(target, confidence, True, r, p, None,
                                 f"trial {r.number} ({r.config.summary() if r.config else '?'}) meets "
                                 f"{target} with confidence {p:.3f} at ${r.metrics.cost_usd_per_item:.6f}/item")  # type: ignore[union-attr]
-        best = max(candidates, key=lambda r: r.metrics.quality, default=None)  # type: ignore[union-attr]
+        best = max(candidates, key=lambda r: (r.metrics.quality, -r.metrics.cost_usd_per_item),  # type: ignore[union-attr]
+                   default=None)
         msg = f"no config meets quality >= {target} with confidence {confidence}"
         if best is not None and best.metrics is not None:
             msg += f"; the best found is trial {best.number} with quality {best.metrics.quality:.4g}"

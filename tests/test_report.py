@@ -1,0 +1,288 @@
+"""The HTML report, written for real (small) studies run with the formula-world evaluator.
+
+The tests read the figures back out of the generated page (the JSON Plotly is given) and check
+what a reader would see: which points are on which trace, axis titles, lines, captions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, Sequence
+
+import plotly
+import pytest
+
+from moa_search.errors import MoASearchError
+from moa_search.report import SIMULATED_BANNER, build_report_html, write_study_report
+from moa_search.search import StudyResult, TrialMetrics, prepare_study, run_study
+from moa_search.study_spec import StudySpec
+from tests.test_search import ITEMS, FormulaEvaluator, formula_estimate, make_spec
+
+CATEGORIES = {item: ("algebra", "geometry", "words")[n % 3] for n, item in enumerate(ITEMS)}
+
+
+class RealWorldFormulaEvaluator(FormulaEvaluator):
+    """The formula world with its metrics marked as *not* simulated (as an HTTP study's are)."""
+
+    async def evaluate(self, config: Any, item_ids: Sequence[str], *, trial_number: int) -> TrialMetrics:
+        metrics = await super().evaluate(config, item_ids, trial_number=trial_number)
+        return dataclasses.replace(metrics, simulated=False)
+
+
+# ---- reading the page back ---------------------------------------------------------------------
+
+def figures(page: str) -> dict[str, dict[str, Any]]:
+    """Every figure on the page by div id: the data and layout passed to ``Plotly.newPlot``."""
+    decoder = json.JSONDecoder()
+    out = {}
+    for m in re.finditer(r'Plotly\.newPlot\(\s*"(fig-[\w-]+)",\s*', page):
+        data, end = decoder.raw_decode(page, m.end())
+        comma = re.compile(r"\s*,\s*").match(page, end)
+        assert comma is not None
+        layout, _ = decoder.raw_decode(page, comma.end())
+        out[m.group(1)] = {"data": data, "layout": layout}
+    return out
+
+
+def trace(fig: dict[str, Any], name: str) -> dict[str, Any]:
+    matches = [t for t in fig["data"] if t.get("name") == name]
+    assert len(matches) == 1, f"{name!r} not among {[t.get('name') for t in fig['data']]}"
+    return matches[0]
+
+
+def names(fig: dict[str, Any]) -> list[str]:
+    return [t.get("name") for t in fig["data"]]
+
+
+def axis_title(fig: dict[str, Any], axis: str) -> str:
+    return fig["layout"][axis]["title"]["text"]
+
+
+def hlines(fig: dict[str, Any]) -> list[float]:
+    return [s["y0"] for s in fig["layout"].get("shapes", ()) if s.get("y0") == s.get("y1")]
+
+
+class _Fetches(HTMLParser):
+    """Collects every URL the browser would fetch or link to, and the script tags."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.urls += [v or "" for k, v in attrs if k in ("src", "href", "action", "data", "poster")]
+
+
+# ---- studies -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pareto_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[StudySpec, StudyResult]:
+    """Three objectives, multi-fidelity on (so a bad aggregator is stopped early), a $ budget."""
+    spec = make_spec(tmp_path_factory.mktemp("pareto"), name="pareto",
+                     space={"models": ["w-small-1", "w-small-2", "w-small-3", "w-mid"],
+                            "aggregators": ["w-mid", "w-strong-cheap", "w-strong-pricey", "w-weak-pricey"],
+                            "layers": [1, 3], "proposers": [1, 4]},
+                     budget={"trials": 8, "usd": 5.0},
+                     fidelity={"enabled": True, "first_items": 10, "confidence": 0.9})
+    return spec, run_study(spec, FormulaEvaluator(), ITEMS, cost_estimate=formula_estimate)
+
+
+@pytest.fixture(scope="module")
+def constrained_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[StudySpec, StudyResult]:
+    """Cheapest config matching a measured baseline (w-mid): target line and pick."""
+    spec = make_spec(tmp_path_factory.mktemp("constrained"), name="constrained",
+                     objectives={"mode": "constrained", "target": {"baseline": "w-mid"}},
+                     space={"models": ["w-small-1"], "aggregators": ["w-mid", "w-strong-cheap"],
+                            "layers": [1, 2], "proposers": [1, 1]},
+                     budget={"trials": 4}, sampler={"name": "grid"})  # all 4 configs
+    return spec, run_study(spec, FormulaEvaluator(), ITEMS, cost_estimate=formula_estimate)
+
+
+@pytest.fixture(scope="module")
+def pareto_page(pareto_study: tuple[StudySpec, StudyResult]) -> str:
+    return build_report_html(*pareto_study, item_categories=CATEGORIES)
+
+
+# ---- tests -------------------------------------------------------------------------------------
+
+def test_pareto_planes_show_front_dominated_and_stopped_points(pareto_study, pareto_page) -> None:
+    _, result = pareto_study
+    figs = figures(pareto_page)
+    front = {r.number for r in result.pareto_front}
+    measured = {r.number for r in result.evaluated}
+    stopped = {r.number for r in result.trials if r.status == "stopped_early"}
+    assert front and measured - front and stopped  # the fixture exercises every trace
+    for key, x_title, pick in (("fig-pareto-cost", "$ per item", lambda m: m.cost_usd_per_item),
+                               ("fig-pareto-latency", "latency p50 (s)", lambda m: m.latency_p50_s)):
+        fig = figs[key]
+        on_front = trace(fig, "Pareto front")
+        assert sorted(on_front["customdata"]) == sorted(front)
+        assert len(on_front["x"]) == len(result.pareto_front)
+        by_number = {r.number: r for r in result.trials}
+        assert on_front["x"] == [pick(by_number[n].metrics) for n in on_front["customdata"]]
+        assert on_front["y"] == [by_number[n].metrics.quality for n in on_front["customdata"]]
+        dominated = trace(fig, "dominated")
+        assert set(dominated["customdata"]) == measured - front
+        assert dominated["marker"]["opacity"] < 1
+        assert set(trace(fig, "stopped early (first items only)")["customdata"]) <= stopped
+        # error bars are the quality CI
+        r = by_number[on_front["customdata"][0]]
+        assert on_front["error_y"]["array"][0] == pytest.approx(r.metrics.quality_high - r.metrics.quality)
+        hover = on_front["hovertext"][0]
+        assert r.config.config_hash in hover and f"trial {r.number}" in hover and "per item" in hover
+        assert axis_title(fig, "xaxis") == f"{x_title} (simulated)"
+        assert axis_title(fig, "yaxis") == "quality (simulated)"
+        assert not hlines(fig)  # no target in this study
+
+
+def test_simulated_banner_appears_only_for_simulated_studies(pareto_page, tmp_path: Path) -> None:
+    assert SIMULATED_BANNER in pareto_page and "(simulated)" in pareto_page
+    spec = make_spec(tmp_path, name="real", budget={"trials": 2})
+    result = run_study(spec, RealWorldFormulaEvaluator(), ITEMS, cost_estimate=formula_estimate)
+    assert not result.is_simulated
+    page = build_report_html(spec, result)
+    assert SIMULATED_BANNER not in page and "(simulated)" not in page
+    assert axis_title(figures(page)["fig-pareto-cost"], "yaxis") == "quality"
+
+
+def test_target_line_and_the_cheapest_config_meeting_it(constrained_study) -> None:
+    spec, result = constrained_study
+    answer = result.cheapest_meeting_target()
+    assert answer.met and answer.record is not None
+    page = build_report_html(spec, result)
+    figs = figures(page)
+    for key in ("fig-pareto-cost", "fig-pareto-latency"):
+        fig = figs[key]
+        assert hlines(fig) == [pytest.approx(result.target)]
+        assert trace(fig, "cheapest meeting target")["customdata"] == [answer.record.number]
+        assert trace(fig, "optimum (cheapest feasible)")["customdata"] == [r.number for r in result.pareto_front]
+        assert any(n.startswith("baseline") for n in names(fig))
+    target = figs["fig-target"]
+    assert hlines(target) == [pytest.approx(result.target_confidence)]
+    assert len(trace(target, "measured configs")["x"]) == len(result.evaluated)
+    assert f"confidence {answer.achieved_confidence:.3f}" in page
+    assert "Target met" in page
+
+
+def test_an_unmet_target_is_said_and_the_best_found_shown(constrained_study) -> None:
+    spec, result = constrained_study
+    unreachable = dataclasses.replace(result, target=0.999)
+    page = build_report_html(spec, unreachable)
+    fig = figures(page)["fig-pareto-cost"]
+    best = unreachable.cheapest_meeting_target().best
+    assert trace(fig, "best found (target not met)")["customdata"] == [best.number]
+    assert "Target NOT met" in page and "no config meets" in page
+
+
+def test_spend_is_cumulative_and_ends_at_the_studys_spend(pareto_study, pareto_page,
+                                                          constrained_study) -> None:
+    spec, result = pareto_study
+    fig = figures(pareto_page)["fig-spend"]
+    cum = trace(fig, "cumulative paid $")["y"]
+    assert cum == sorted(cum) and cum[-1] == pytest.approx(result.spent_usd)
+    assert trace(fig, "cumulative paid $")["x"] == sorted(r.number for r in result.trials)
+    assert hlines(fig) == [spec.budget.usd]
+    # the baseline's spend comes first (trial -1); a duplicate of it pays nothing
+    spec, result = constrained_study
+    fig = figures(build_report_html(spec, result))["fig-spend"]
+    line = trace(fig, "cumulative paid $")
+    assert line["x"][0] == -1 and line["y"][0] == pytest.approx(result.baseline.metrics.paid_usd)
+    assert line["y"][-1] == pytest.approx(result.spent_usd)
+    assert not hlines(fig)  # no $ budget
+
+
+def test_cost_split_stacks_model_and_role_costs_of_front_configs(pareto_study, pareto_page) -> None:
+    _, result = pareto_study
+    figs = figures(pareto_page)
+    for key, split in (("fig-cost-by-model", "cost_by_model"), ("fig-cost-by-role", "cost_by_role")):
+        fig = figs[key]
+        assert fig["layout"]["barmode"] == "stack"
+        expected_keys = {k for r in result.pareto_front for k, v in getattr(r.metrics, split).items() if v > 0}
+        assert set(names(fig)) == expected_keys
+        labels = fig["data"][0]["y"]
+        assert len(labels) == len(result.pareto_front)
+        for r in result.pareto_front:
+            i = next(i for i, label in enumerate(labels) if label.startswith(f"#{r.number} "))
+            assert all(t["orientation"] == "h" for t in fig["data"])
+            stacked = sum(t["x"][i] for t in fig["data"])
+            assert stacked == pytest.approx(sum(getattr(r.metrics, split).values()))
+
+
+def test_per_category_quality_when_categories_are_known(pareto_study, pareto_page) -> None:
+    spec, result = pareto_study
+    fig = figures(pareto_page)["fig-categories"]
+    assert len(fig["data"]) == len(result.pareto_front)
+    r = result.pareto_front[0]
+    bars = fig["data"][0]
+    assert bars["x"] == ["algebra", "geometry", "words"]
+    algebra = [v for k, v in r.metrics.item_values.items() if CATEGORIES[k] == "algebra"]
+    assert bars["y"][0] == pytest.approx(sum(algebra) / len(algebra))
+    # without categories: the per-item distribution instead, and the page says why
+    page = build_report_html(spec, result)
+    figs = figures(page)
+    assert "fig-categories" not in figs
+    assert len(figs["fig-item-quality"]["data"]) == len(result.pareto_front)
+    assert "Per-category quality is not shown: no item categories" in page
+
+
+def test_parameter_importances_or_a_note(pareto_study, pareto_page, tmp_path: Path) -> None:
+    _, result = pareto_study
+    fig = figures(pareto_page)["fig-importance"]
+    bars = fig["data"][0]
+    assert bars["orientation"] == "h" and len(bars["y"]) >= 2
+    assert sum(bars["x"]) == pytest.approx(1.0)
+    assert {"layers", "aggregator"} <= set(bars["y"])
+    # a study with nothing measured yet still renders, with notes instead of figures
+    spec = make_spec(tmp_path, name="empty")
+    prepare_study(spec, FormulaEvaluator(), ITEMS, cost_estimate=formula_estimate)
+    page = build_report_html(spec, dataclasses.replace(result, study_name="empty", storage_url=spec.storage,
+                                                       trials=(), pareto_front=()))
+    assert "fig-importance" not in figures(page)
+    assert "Not computed: importances need at least 2 trials" in page
+    assert "No config has been measured on every item yet." in page
+
+
+def test_the_page_is_self_contained(pareto_page) -> None:
+    parser = _Fetches()
+    parser.feed(pareto_page)
+    assert not [u for u in parser.urls if re.match(r"\s*(https?:)?//", u, re.I)]
+    assert "link" not in parser.tags and "iframe" not in parser.tags
+    assert "url(http" not in pareto_page and "@import" not in pareto_page
+    assert not re.search(r"<script[^>]*\bsrc=", pareto_page)
+    # plotly.js inlined exactly once, then every figure reuses it
+    version = plotly.offline.get_plotlyjs_version()
+    assert pareto_page.count(f"plotly.js v{version}") == 1
+    assert len(figures(pareto_page)) == 7  # no target section in this study
+
+
+def test_header_states_what_was_searched(pareto_study, pareto_page) -> None:
+    spec, result = pareto_study
+    for text in ("Study", "pareto", "built-in &#x27;math&#x27;", "numeric", "maximize quality",
+                 "minimize cost", "minimize latency", f"{len(result.trials)} trials",
+                 f"${result.spent_usd:.4f}", "$5"):
+        assert text in pareto_page, text
+
+
+def test_write_study_report_creates_parents_and_refuses_pngs_without_kaleido(pareto_study,
+                                                                              tmp_path: Path) -> None:
+    spec, result = pareto_study
+    study_file = Path(spec.source)
+    out = tmp_path / "deep" / "er" / "report.html"
+    runs = spec.run_dir.parent
+    assert write_study_report(study_file, out, runs_dir=runs) == out
+    page = out.read_text("utf-8")
+    assert sorted(trace(figures(page)["fig-pareto-cost"], "Pareto front")["customdata"]) == \
+        sorted(r.number for r in result.pareto_front)
+    if importlib.util.find_spec("kaleido") is not None:
+        pytest.skip("kaleido is installed here")
+    other = tmp_path / "other.html"
+    with pytest.raises(MoASearchError, match="pip install kaleido"):
+        write_study_report(study_file, other, runs_dir=runs, png_dir=tmp_path / "png")
+    assert not other.exists() and not (tmp_path / "png").exists()

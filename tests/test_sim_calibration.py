@@ -7,13 +7,14 @@ rate the paper reports.
 
 Two kinds of check, with different noise:
 
-* calibration (``TARGETS``): judged win rates on 200 items. Measured over seeds 0-4, the judged
-  rate strays from the world's expected rate by up to ~4.5 points (judge draws, baseline
-  spread), and the world's expected rate strays from the paper by up to ~3 points (see the
-  table in ``moa_search.providers.simulated``), so the tolerance is 8 points.
+* calibration (``TARGETS``): judged win rates on the first 200 items, 3 verdicts per order.
+  Over world seeds 0-4 the judged rates were within 5.9 points of the paper (the world's
+  expected rates are within 3; judge draws and the baseline's spread add ~2 points of standard
+  error), so the tolerance is 8 points.
 * the paper's qualitative findings: compared on the answers' latent quality (their footers),
-  paired by item. Differences that are 0.04-0.5 in expectation; the smallest margin asserted is
-  about 4 standard errors of a 200-item mean, measured over seeds 0-4.
+  paired by item, on 400 items (standard error of a paired mean 0.015-0.04). Every assertion
+  in this file held for world seeds 0-6; the one thin step, a third sample of the same model
+  over two (+0.05..0.09), is only asserted to be positive.
 """
 
 from __future__ import annotations
@@ -138,29 +139,28 @@ def test_judged_lc_win_rate_is_near_the_paper(world, name: str) -> None:
 
 
 def test_moa_beats_its_best_proposer(world) -> None:
-    rates, quality = world
-    for config in ("6 different", "moa", "moa-lite"):
-        assert gain(quality, config, "WizardLM alone") > 0.3  # WizardLM: the best paper proposer
-    assert rates["moa"] > rates["gpt-4o alone"] + 3
+    _, q = world
+    for config in ("6 different", "moa", "moa-lite"):  # WizardLM: the best of the paper's proposers
+        assert gain(q, config, "WizardLM alone") > 0.2, config
+    assert gain(q, "moa", "gpt-4o alone") > 0.1
 
 
 def test_more_proposers_help_with_diminishing_returns(world) -> None:
     _, q = world
-    steps = [gain(q, "2 samples", "1 proposer"), gain(q, "3 samples", "2 samples"),
-             gain(q, "6 samples", "3 samples") / 3]  # per added proposer
-    assert all(s > 0.01 for s in steps), steps
-    assert steps[0] > steps[1] > steps[2], steps
-    assert gain(q, "2 different", "1 proposer") > 0.2
-    assert gain(q, "3 different", "2 different") > 0.05
-    assert gain(q, "6 different", "3 different") > 0.02
-    assert gain(q, "2 different", "1 proposer") > gain(q, "6 different", "3 different")
+    samples = [gain(q, "2 samples", "1 proposer"), gain(q, "3 samples", "2 samples"),
+               gain(q, "6 samples", "3 samples") / 3]  # per added proposer
+    different = [gain(q, "2 different", "1 proposer"), gain(q, "3 different", "2 different"),
+                 gain(q, "6 different", "3 different") / 3]
+    assert all(step > 0 for step in samples + different), (samples, different)
+    assert samples[0] > 2 * max(samples[1:]), samples
+    assert different[0] > different[1] > different[2], different
 
 
 def test_different_proposers_beat_one_model_sampled_as_often(world) -> None:
-    rates, q = world
-    for n in (2, 3, 6):
-        assert gain(q, f"{n} different", f"{n} samples") > 0.05, n
-    assert rates["6 different"] > rates["6 samples"]
+    _, q = world
+    assert gain(q, "2 different", "2 samples") > 0
+    for n in (3, 6):
+        assert gain(q, f"{n} different", f"{n} samples") > 0.1, n
 
 
 def test_a_strong_aggregator_matters_more_than_a_strong_proposer(world) -> None:
@@ -168,4 +168,4 @@ def test_a_strong_aggregator_matters_more_than_a_strong_proposer(world) -> None:
     _, q = world
     assert gain(q, "strong aggregator", "strong proposer") > 0.3
     assert gain(q, "moa-gpt4o", "moa") > 0.1
-    assert gain(q, "6 different", "moa-lite") > 0.05  # same proposers; Qwen1.5-110B vs 72B aggregating
+    assert gain(q, "6 different", "moa-lite") > 0.1  # same proposers; Qwen1.5-110B vs 72B aggregating

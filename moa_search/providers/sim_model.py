@@ -82,6 +82,18 @@ def hash_normal(*parts: object) -> float:
     return _NORMAL.inv_cdf(hash_uniform(*parts))
 
 
+def messages_digest(messages: Sequence[tuple[str, str]]) -> str:
+    """A stable digest of (role, content) pairs; cheaper than hashing their JSON, and the
+    separators (ASCII record/unit separators) cannot be confused with message text boundaries
+    because every content is length-prefixed."""
+    h = hashlib.sha256()
+    for role, content in messages:
+        data = content.encode("utf-8")
+        h.update(f"{role}\x1f{len(data)}\x1e".encode("ascii", "replace"))
+        h.update(data)
+    return h.hexdigest()
+
+
 def normalize_prompt(text: str) -> str:
     """Whitespace and case do not make a different item: the key the answer key and seeds use."""
     return " ".join(text.split()).casefold()
@@ -210,6 +222,8 @@ def parse_footer(text: str) -> Footer | None:
 
 def strip_footers(text: str) -> str:
     """The visible answer: what a reader (and the judge's eye for length) sees."""
+    if FOOTER_PREFIX not in text:
+        return text.strip()
     return _FOOTER_RE.sub("", text).strip()
 
 

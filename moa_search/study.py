@@ -79,6 +79,8 @@ async def _run(spec: StudySpec, worker: int, on_trial: Callable[[TrialEvent], No
 
 
 def _worker_main(path: str, runs_dir: str | None, worker: int) -> None:
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # worker 0 reports progress, not Optuna
     spec = load_study_spec(path, runs_dir=runs_dir)
     asyncio.run(_run(spec, worker, None))
 

@@ -21,6 +21,7 @@ from moa_search.catalog import Catalog
 from moa_search.config import AgentSpec, MoAConfig
 from moa_search.errors import ConfigError, UnknownModelError
 from moa_search.prompts import agent_messages, pairwise_judge_messages, single_grade_judge_messages
+from moa_search.providers.sim_model import WORLD_VERSION
 from moa_search.providers.base import ChatRequest, Completion, Message, Provider
 from moa_search.providers.simulated import (AnswerKey, AnswerKeyEntry, Footer, SimulatedProvider,
                                             parse_footer)
@@ -439,7 +440,7 @@ def test_model_without_a_sim_profile_gets_a_price_based_default() -> None:
 
 def test_endpoint_identity_names_what_changes_answers_and_no_secrets() -> None:
     plain = SimulatedProvider(CATALOG).endpoint_identity(QWEN72)
-    assert plain.startswith("sim:v1:seed=0:") and "KEY" not in plain
+    assert plain.startswith(f"sim:v{WORLD_VERSION}:seed=0:") and "KEY" not in plain
     assert SimulatedProvider(CATALOG, seed=1).endpoint_identity(QWEN72) != plain
     assert SimulatedProvider(CATALOG).endpoint_identity(GPT4O) != plain  # another profile
     keyed_a = SimulatedProvider(CATALOG, answer_key=AnswerKey.from_pairs([("q", "1")]))

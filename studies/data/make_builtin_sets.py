@@ -37,7 +37,7 @@ N_INSTRUCT = 150
 LETTERS = "ABCDE"
 NAMES = ["Maya", "Leo", "Aisha", "Tom", "Priya", "Kenji", "Sofia", "Omar", "Lena", "Diego",
          "Chloe", "Ravi", "Nina", "Felix", "Zara", "Ivan"]
-SYNTHETIC_NOTE = ("baseline_output is a short synthetic text written by make_builtin_sets.py as a "
+SYNTHETIC_NOTE = ("baseline_output is a synthetic text written by make_builtin_sets.py as a "
                   "stand-in for a GPT-4 Turbo reference output; it is not a real model output")
 
 Record = dict[str, Any]
@@ -417,6 +417,44 @@ def _instruct_reasoning(rng: random.Random) -> tuple[str, str, float]:
     return f"Compare {x} and {y}: give one advantage of each.", _wrap(rng, body), diff(rng, 0.5)
 
 
+ELABORATIONS = [
+    "To put this in context, it helps to look at the situation from a few angles. The first is "
+    "what you are trying to achieve and by when; the second is what you already have to work "
+    "with; the third is what could go wrong along the way and how you would notice early.",
+    "A concrete example makes the idea easier to hold on to. Imagine doing it once by hand, "
+    "slowly, writing down each step as you go; the second time you will see which steps matter "
+    "and which ones you can drop, and the third time it will already feel routine.",
+    "There are a few common mistakes worth avoiding. People often try to do everything at once, "
+    "skip the simple checks because they seem obvious, or stop as soon as the first result looks "
+    "right instead of confirming it with a second, independent check.",
+    "If you want to go further, keep a short record of what you tried and what happened. Over a "
+    "few weeks that record shows patterns you would not notice from memory alone, and it makes "
+    "it much easier to explain your choices to someone else.",
+    "Finally, remember that the best approach depends on your circumstances. What works well for "
+    "one person, team or project may need adjusting for another, so treat these points as a "
+    "starting framework rather than a fixed set of rules.",
+    "It is also worth weighing the trade-offs explicitly. Faster options usually cost more or "
+    "leave less room for error, while careful options take longer; writing the trade-off down "
+    "makes the decision easier to revisit when circumstances change.",
+]
+
+#: AlpacaEval 2.0's GPT-4 Turbo baseline outputs run to roughly 2,000 characters; baselines far
+#: shorter than the candidates would let a judge's length bias decide every comparison.
+BASELINE_TARGET_CHARS = (1400, 2400)
+
+
+def _elaborate(baseline: str, record_id: str) -> str:
+    """Pad a baseline to a realistic length with generic elaboration. A per-record RNG keeps the
+    prompts (drawn from the main RNG) unchanged when this step changes."""
+    rng = random.Random(f"baseline-length:{record_id}")
+    target = rng.randint(*BASELINE_TARGET_CHARS)
+    extra = rng.sample(ELABORATIONS, len(ELABORATIONS))
+    parts = [baseline]
+    while len("\n\n".join(parts)) < target and extra:
+        parts.append(extra.pop())
+    return "\n\n".join(parts)
+
+
 def make_instruct(rng: random.Random) -> list[Record]:
     makers = [("writing", _instruct_writing), ("coding", _instruct_coding),
               ("advice", _instruct_advice), ("reasoning", _instruct_reasoning)]
@@ -434,8 +472,9 @@ def make_instruct(rng: random.Random) -> list[Record]:
                 continue
             seen.add(prompt)
             count += 1
-            records.append({"id": f"instruct-{len(records) + 1:03d}", "prompt": prompt,
-                            "baseline_output": baseline, "category": category,
+            record_id = f"instruct-{len(records) + 1:03d}"
+            records.append({"id": record_id, "prompt": prompt,
+                            "baseline_output": _elaborate(baseline, record_id), "category": category,
                             "metadata": {"difficulty": difficulty, "baseline_synthetic": True,
                                          "baseline_note": SYNTHETIC_NOTE}})
     return records

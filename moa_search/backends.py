@@ -18,7 +18,7 @@ Backend = Literal["sim", "http"]
 def make_provider(backend: str, catalog: Catalog, *, base_url: str | None = None,
                   answer_key: "object | None" = None, seed: int = 0, sleep: bool = False,
                   sim_endpoint: bool = False, max_retries: int | None = None,
-                  api_key_env: str = "") -> Provider:
+                  api_key_env: str = "", max_concurrency: int | None = None) -> Provider:
     """``base_url`` routes every model to one endpoint (a local server, the sim-server).
 
     ``sim_endpoint`` says the HTTP endpoint is ``moa-search sim-server``: the request's sample
@@ -34,7 +34,11 @@ def make_provider(backend: str, catalog: Catalog, *, base_url: str | None = None
         return SimulatedProvider(catalog, answer_key=answer_key, seed=seed, sleep=sleep)  # type: ignore[arg-type]
     if backend == "http":
         from .providers.openai_compat import OpenAICompatProvider
-        retries = {} if max_retries is None else {"max_retries": max_retries}
+        limits: dict[str, int] = {}
+        if max_retries is not None:
+            limits["max_retries"] = max_retries
+        if max_concurrency is not None:
+            limits["max_concurrency_per_endpoint"] = max_concurrency
         return OpenAICompatProvider(catalog.with_base_url(base_url, api_key_env) if base_url else catalog,
-                                    send_sample_index=sim_endpoint, **retries)
+                                    send_sample_index=sim_endpoint, **limits)
     raise ConfigError(f"unknown backend {backend!r}; expected 'sim' or 'http'", field="backend")

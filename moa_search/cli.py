@@ -365,7 +365,10 @@ def serve(
     backend: BackendOpt = "http",
     base_url: BaseUrlOpt = None,
     store: StoreOpt = DEFAULT_STORE,
-    api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="Env var holding the bearer token clients must send.")] = None,
+    token_env: Annotated[Optional[str], typer.Option("--token-env", help="Env var holding the bearer token clients must send.")] = None,
+    sim_endpoint: SimEndpointOpt = False,
+    api_key_env: KeyEnvOpt = "",
+    concurrency: Annotated[Optional[int], typer.Option("--endpoint-concurrency", help="Inner calls in flight per upstream endpoint (default 16).")] = None,
 ) -> None:
     """Serve a preset as an OpenAI-compatible /v1/chat/completions endpoint."""
     import os
@@ -373,11 +376,12 @@ def serve(
     from .server import serve as serve_preset
     p = load_preset(preset_file)
     token = None
-    if api_key_env:
-        token = os.environ.get(api_key_env)
+    if token_env:
+        token = os.environ.get(token_env)
         if not token:
-            raise ConfigError(f"environment variable {api_key_env} is not set", field="--api-key-env")
-    provider = make_provider(backend, preset_catalog(p), base_url=base_url)
+            raise ConfigError(f"environment variable {token_env} is not set", field="--token-env")
+    provider = make_provider(backend, preset_catalog(p), base_url=base_url, sim_endpoint=sim_endpoint,
+                             api_key_env=api_key_env, max_concurrency=concurrency)
     serve_preset(p, provider, host=host, port=port, store=open_store(store), api_key=token)
 
 

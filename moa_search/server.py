@@ -30,7 +30,6 @@ import contextlib
 import hmac
 import json
 import logging
-import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .errors import ConfigError, MoASearchError
+from .listening import listen
 from .preset import PresetFile
 from .providers.base import Message, Provider
 from .runner import ItemTrace, Runner
@@ -185,15 +185,6 @@ def serve(preset: PresetFile, provider: Provider, host: str = "127.0.0.1", port:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """Bind before uvicorn starts, so a busy port is one clear error, not a SystemExit."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family)
-    except OSError as exc:
-        raise MoASearchError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 # ---- request handling ---------------------------------------------------------------------

@@ -20,7 +20,6 @@ import hmac
 import json
 import logging
 import random
-import socket
 import threading
 import time
 import uuid
@@ -38,6 +37,7 @@ from starlette.routing import Route
 from .catalog import Catalog
 from .config import DEFAULT_MAX_TOKENS
 from .errors import ConfigError, MoASearchError, UnknownModelError
+from .listening import listen
 from .providers.base import ChatRequest, Completion, Message, Provider, ProviderError
 
 log = logging.getLogger(__name__)
@@ -482,7 +482,7 @@ class SimServer:
     def start(self) -> "SimServer":
         if self._thread is not None:
             raise MoASearchError("the sim-server is already started")
-        sock = _listen(self.host, self._requested_port)
+        sock = listen(self.host, self._requested_port, what="sim-server")
         self._port = sock.getsockname()[1]
         self._server = uvicorn.Server(_uvicorn_config(self.app, self.host, self._port, self._log_level))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
@@ -521,7 +521,7 @@ def serve_forever(provider: Provider, host: str = "127.0.0.1", port: int = 8000,
                   log_level: str = "info", **create_app_kwargs: Any) -> None:
     """Serve in the foreground until Ctrl-C (the CLI's ``moa-search sim-server``)."""
     app = create_app(provider, **create_app_kwargs)
-    sock = _listen(host, port)
+    sock = listen(host, port, what="sim-server")
     bound = sock.getsockname()[1]
     server = uvicorn.Server(_uvicorn_config(app, host, bound, log_level))
     shown = f"[{host}]" if ":" in host else host
@@ -531,22 +531,3 @@ def serve_forever(provider: Provider, host: str = "127.0.0.1", port: int = 8000,
     finally:
         app.state.sim.release_sleepers()
         sock.close()
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """Bind before uvicorn starts, so a busy port is one clear error rather than a SystemExit.
-
-    The socket is made with ``proto=IPPROTO_TCP`` on purpose: asyncio only sets TCP_NODELAY on
-    accepted sockets whose proto says TCP, and without it Nagle + delayed ACK add ~40 ms to every
-    keep-alive request, which would swamp the latencies this server exists to measure.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise MoASearchError(f"sim-server cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return sock

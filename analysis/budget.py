@@ -197,8 +197,9 @@ def _outputs(bench: Bench, points: Sequence[Point], notes: list[str], started: f
                       for name, value in PAPER_LC.items()]
         tables.append(Table(f"Against the paper (AlpacaEval 2.0 LC win rate, real models){sim}",
                             ["config", f"here{sim}", "paper"], paper_rows,
-                            note="Compare orderings, not levels: see analysis/README.md for why the "
-                                 "simulated levels on the built-in instruct set sit higher."))
+                            note="The paper measured real models on AlpacaEval's 805 prompts; these are "
+                                 "simulated, on 150 synthetic prompts (about ±6 points of sampling "
+                                 "noise): compare orderings first (see analysis/README.md)."))
     data = {"points": [{**p.measurement.to_dict(), "kind": p.kind, "also": p.also,
                         "pareto": on_front[i]} for i, p in enumerate(points)],
             "notes": notes}

@@ -11,8 +11,8 @@ only say *which* configs to measure and how to show them:
   library's ``DatasetEvaluator`` (so runs, scoring, judge calls, CIs and costs are exactly what
   ``moa-search eval`` reports). All analyses share one call store, so a config that two analyses
   measure (e.g. the paper's MoA in ``depth`` and ``budget``) is paid for once.
-* ``write_outputs``: one self-contained HTML page per analysis (plotly.js inlined *once*, so the
-  page opens offline and stays under ~5 MB however many figures it holds), a ``summary.md`` with
+* ``write_outputs``: one HTML page per analysis that loads plotly.js from the shared local
+  ``analysis/plotly.min.js`` (so pages open offline and the repository holds plotly.js once), a ``summary.md`` with
   the numbers and their CIs, and a ``results.json`` for programs.
 
 Numbers from the simulated model world are labelled "simulated" in every title, axis and

@@ -6,7 +6,6 @@ key, never the key itself, so a catalog (and every preset built from it) is safe
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, Mapping
 
 from .config import MoAConfig
 from .errors import ConfigError, UnknownModelError
+from .inputs import parse_toml, read_text
 
 _PROVIDER_KEYS = {"base_url", "api_key_env"}
 _MODEL_KEYS = {"provider", "input_price", "output_price", "context_window", "sim"}
@@ -90,20 +90,11 @@ class Catalog:
 
     @classmethod
     def load(cls, path: str | Path) -> "Catalog":
-        path = Path(path)
-        try:
-            text = path.read_text("utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read catalog: {exc.strerror}", source=str(path)) from None
-        return cls.from_toml_text(text, source=str(path))
+        return cls.from_toml_text(read_text(path, "catalog"), source=str(path))
 
     @classmethod
     def from_toml_text(cls, text: str, *, source: str) -> "Catalog":
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"not valid TOML ({exc})", source=source) from None
-        return cls.from_dict(data, source=source)
+        return cls.from_dict(parse_toml(text, source), source=source)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str) -> "Catalog":

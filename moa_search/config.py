@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .inputs import parse_json, parse_toml, read_text
 
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_MAX_TOKENS = 2048
@@ -267,21 +267,8 @@ def load_config_file(path: str | Path) -> MoAConfig:
     """A config from a ``.json`` or ``.toml`` file; a parse error names the file and line."""
 
     path = Path(path)
-    try:
-        text = path.read_text("utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config: {exc.strerror}", source=str(path)) from None
-    if path.suffix.lower() == ".toml":
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"not valid TOML ({exc})", source=str(path)) from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
-                              source=str(path)) from None
+    text = read_text(path, "config")
+    data = parse_toml(text, str(path)) if path.suffix.lower() == ".toml" else parse_json(text, str(path))
     if isinstance(data, dict) and "config" in data and "format" in data:
         data = data["config"]  # a preset file: its config is what runs
     return MoAConfig.from_dict(data, source=str(path))

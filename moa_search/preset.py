@@ -37,6 +37,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from .catalog import Catalog, Endpoint, ModelInfo, SimProfile
 from .config import MoAConfig, Preset
 from .errors import ConfigError
+from .inputs import parse_json, read_text
 from .prompts import TEMPLATES, template_text
 
 PRESET_FORMAT = "moa-preset/1"
@@ -276,18 +277,7 @@ def write_preset(path: str | Path, preset: PresetFile) -> Path:
 def load_preset(path: str | Path) -> PresetFile:
     """Read and fully validate a preset file; errors read ``file: json.path: what is wrong``."""
     path = Path(path)
-    try:
-        text = path.read_text("utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read preset: {exc.strerror or exc}", source=str(path)) from None
-    except UnicodeDecodeError:
-        raise ConfigError("not a UTF-8 text file", source=str(path)) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
-                          source=str(path)) from None
-    return _parse(data, str(path))
+    return _parse(parse_json(read_text(path, "preset"), str(path)), str(path))
 
 
 @lru_cache(maxsize=1)

@@ -43,7 +43,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .errors import ConfigError, MoASearchError
-from .listening import listen
+from .serving import BodyTooLarge, listen, read_body
 from .preset import PresetFile
 from .providers.base import Message, Provider
 from .runner import ItemTrace, Runner
@@ -191,18 +191,12 @@ def serve(preset: PresetFile, provider: Provider, host: str = "127.0.0.1", port:
 
 
 async def _read_json(request: Request, limit: int) -> Any:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _ApiError(413, f"request body exceeds {limit} bytes", code="request_too_large")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _ApiError(413, f"request body exceeds {limit} bytes", code="request_too_large")
-        chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
+        raw = await read_body(request, limit)
+    except BodyTooLarge as exc:
+        raise _ApiError(413, str(exc), code="request_too_large") from None
+    try:
+        return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _ApiError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
 

@@ -37,7 +37,7 @@ from starlette.routing import Route
 from .catalog import Catalog
 from .config import DEFAULT_MAX_TOKENS
 from .errors import ConfigError, MoASearchError, UnknownModelError
-from .listening import listen
+from .serving import BodyTooLarge, listen, read_body
 from .providers.base import ChatRequest, Completion, Message, Provider, ProviderError
 
 log = logging.getLogger(__name__)
@@ -291,17 +291,10 @@ def _check_auth(state: _AppState, request: Request) -> Response | None:
 
 
 async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _BadRequest(413, f"request body exceeds {MAX_BODY_BYTES} bytes", code="request_too_large")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _BadRequest(413, f"request body exceeds {MAX_BODY_BYTES} bytes", code="request_too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        return await read_body(request, MAX_BODY_BYTES)
+    except BodyTooLarge as exc:
+        raise _BadRequest(413, str(exc), code="request_too_large") from None
 
 
 def _parse_chat_request(body: Any) -> ChatRequest:

@@ -17,7 +17,6 @@ import importlib.util
 import inspect
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -25,6 +24,7 @@ from typing import Any, Literal, Mapping
 from .catalog import Catalog
 from .config import BUILTIN_PRESETS, MoAConfig
 from .errors import ConfigError
+from .inputs import parse_toml, read_text
 from .scoring import SCORER_ALIASES, SCORERS
 from .space import DEFAULT_ENUMERATION_LIMIT, SearchSpace
 
@@ -169,22 +169,13 @@ class StudySpec:
 def load_study_spec(path: str | Path, *, runs_dir: str | Path | None = None) -> StudySpec:
     """Read and validate a study file. ``runs_dir`` defaults to ``./runs``."""
     path = Path(path)
-    try:
-        text = path.read_text("utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read study file: {exc.strerror or exc}", source=str(path)) from None
-    except UnicodeDecodeError:
-        raise ConfigError("cannot read study file: not UTF-8 text", source=str(path)) from None
-    return parse_study_spec(text, source=str(path), base_dir=path.parent, runs_dir=runs_dir)
+    return parse_study_spec(read_text(path, "study file"), source=str(path), base_dir=path.parent, runs_dir=runs_dir)
 
 
 def parse_study_spec(text: str, *, source: str, base_dir: str | Path = ".",
                      runs_dir: str | Path | None = None) -> StudySpec:
     """Validate study TOML text; relative paths resolve against ``base_dir``."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML ({exc})", source=source) from None
+    data = parse_toml(text, source)
     base = Path(base_dir)
     _known(data, _SECTIONS, source, "")
     for section in _REQUIRED_SECTIONS:

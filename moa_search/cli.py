@@ -26,7 +26,7 @@ from .runner import ItemTrace, Runner
 
 if TYPE_CHECKING:
     from .evaluate import ConfigEvaluation
-    from .search import StudyResult, TrialEvent, TrialRecord
+    from .search import StudyResult, TrialRecord
 from .store import CallStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -207,7 +207,7 @@ async def _evaluate(cfg: MoAConfig, ds: Dataset, scorer: str, judge_model: str |
     provider = provider_for(backend, cat, base_url, ds, sim_endpoint, retries, api_key_env)
     try:
         evaluator = DatasetEvaluator(provider, call_store, ds, scorer, scorer_options(scorer, judge_model))
-        with item_progress(len(ds), label, quiet=quiet) as on_item:
+        with item_progress(len(ds), label, quiet=quiet, console=err) as on_item:
             return await evaluator.evaluate_items(cfg, ds.ids, f"eval:{cfg.config_hash}", on_item=on_item)
     finally:
         await provider.aclose()
@@ -450,10 +450,13 @@ def study_run(
     quiet: QuietOpt = False,
 ) -> None:
     """Run (or resume) a study; print the Pareto front."""
+    from .progress import trial_progress
     from .study import run_study_file
+    from .study_spec import load_study_spec
     optuna_quiet()
-    result = run_study_file(study_file, runs_dir=runs_dir, workers=workers,
-                            on_trial=None if (quiet or as_json) else _trial_printer())
+    total = load_study_spec(study_file, runs_dir=runs_dir).budget.trials
+    with trial_progress(total, quiet=quiet or as_json, console=err) as on_trial:
+        result = run_study_file(study_file, runs_dir=runs_dir, workers=workers, on_trial=on_trial)
     if as_json:
         out.print_json(json.dumps(_result_json(result)))
     else:
@@ -466,19 +469,6 @@ def optuna_quiet() -> None:
     """Optuna's per-trial INFO lines would drown our own progress lines."""
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def _trial_printer():
-    def on_trial(ev: "TrialEvent") -> None:
-        r = ev.record
-        budget = f" of ${ev.budget_usd:.2f}" if ev.budget_usd else ""
-        what = r.config.summary() if r.config else "-"
-        if r.metrics is not None:
-            what += f" · quality {100 * r.metrics.quality:.1f}% · ${r.metrics.cost_usd_per_item:.6f}/item"
-        note = f" · {r.note}" if r.note else ""
-        err.print(f"trial {r.number:>3} [{ev.trials_done}/{ev.budget_trials}] {r.status.lower():<8} {what}{note} "
-                  f"· spent ${ev.spent_usd:.4f}{budget}", markup=False, highlight=False)
-    return on_trial
 
 
 @study_app.command("show")
@@ -526,9 +516,10 @@ def study_export(
         out.print(f"wrote {path}", markup=False)
 
 
-def _write_report(study_file: Path, runs_dir: Path | None, path: Path, quiet: bool = False) -> None:
+def _write_report(study_file: Path, runs_dir: Path | None, path: Path, quiet: bool = False,
+                  png_dir: Path | None = None) -> None:
     from .report import write_study_report
-    written = write_study_report(study_file, path, runs_dir=runs_dir)
+    written = write_study_report(study_file, path, runs_dir=runs_dir, png_dir=png_dir)
     if not quiet:
         out.print(f"wrote report {written}", markup=False)
 
@@ -538,9 +529,10 @@ def report(
     study_file: Annotated[Path, typer.Argument(help="Study file (TOML).")],
     out_file: Annotated[Path, typer.Option("--out", help="HTML file to write.")] = Path("report.html"),
     runs_dir: RunsDirOpt = None,
+    png_dir: Annotated[Optional[Path], typer.Option("--png", help="Also write static PNGs here (needs kaleido).")] = None,
 ) -> None:
     """Write a self-contained HTML report of a study (Plotly, opens offline)."""
-    _write_report(study_file, runs_dir, out_file)
+    _write_report(study_file, runs_dir, out_file, png_dir=png_dir)
 
 
 def _answer_key(paths: list[Path]) -> "object | None":

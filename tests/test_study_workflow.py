@@ -88,6 +88,11 @@ def test_two_workers_then_resume_then_show(study, tmp_path, capsys):
     assert len(second["trials"]) > len(first["trials"])
     code, out, _ = cli(capsys, "study", "show", str(study), "--runs-dir", runs)
     assert code == 0 and "Pareto front of study tiny (simulated world)" in out
+    report = tmp_path / "out" / "report.html"
+    code, _, err = cli(capsys, "report", str(study), "--runs-dir", runs, "--out", str(report))
+    assert code == 0, err
+    page = report.read_text("utf-8")
+    assert "Pareto front" in page and "Simulated model world" in page
 
 
 def free_port() -> int:

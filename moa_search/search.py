@@ -14,6 +14,9 @@ Trial bookkeeping (user attributes, all JSON):
   ``reserved``  [usd, calls]: the estimate held while it runs (budgets shared by workers);
   ``duplicate_of``, ``stopped_early``, ``skipped``, ``error``  why a trial is not a plain one.
 
+Samplers are Optuna's (``build_sampler``), plus ``cheapest-first`` for constrained mode
+(``cost_order``: configs from the cheapest estimate up, until one meets the target).
+
 Multi-fidelity rule (ours: Optuna's pruners do not handle multi-objective studies). With
 ``[fidelity] enabled`` and more items than ``first_items``, a trial first runs on the first
 ``first_items`` items only, then stops early when, at one-sided confidence ``c``
@@ -69,6 +72,7 @@ from scipy import stats as sstats
 
 from .catalog import Catalog
 from .config import BUILTIN_PRESETS, MoAConfig, canonical_json
+from .cost_order import DEFAULT_SLACK, CheapestFirstSampler, CostEstimate
 from .errors import ConfigError, MoASearchError
 from .stats import bootstrap_ci
 from .study_spec import StudySpec, check_gp_available
@@ -79,9 +83,6 @@ HEARTBEAT_INTERVAL_S = 20
 GRACE_PERIOD_S = 90
 _BUDGET_SKIPS_BEFORE_STOP = 5
 _DUP_POLL_S = 0.2
-
-CostEstimate = Callable[[MoAConfig], float]
-"""List-price USD per item for a config: an upper bound of what evaluating it may spend."""
 
 
 # ---- data crossing the boundary --------------------------------------------------------------
@@ -387,8 +388,10 @@ def open_storage(url: str, *, source: str | None = None, create: bool = True) ->
                           field="study.storage") from None
 
 
-def build_sampler(spec: StudySpec, *, seed: int) -> optuna.samplers.BaseSampler:
-    """The sampler named in ``[sampler]``, seeded. Defaults suit studies of tens of trials."""
+def build_sampler(spec: StudySpec, *, seed: int,
+                  cost_estimate: CostEstimate | None = None) -> optuna.samplers.BaseSampler:
+    """The sampler named in ``[sampler]``, seeded. Defaults suit studies of tens of trials.
+    ``cost_estimate`` (default: the catalog's ``price_estimate``) orders ``cheapest-first``."""
     name, o = spec.sampler.name, dict(spec.sampler.options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -408,6 +411,9 @@ def build_sampler(spec: StudySpec, *, seed: int) -> optuna.samplers.BaseSampler:
                                              deterministic_objective=o.get("deterministic_objective", False))
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
+        if name == "cheapest-first":
+            return CheapestFirstSampler(spec.space, cost_estimate or price_estimate(spec.load_catalog()),
+                                        slack=float(o.get("slack", DEFAULT_SLACK)), seed=seed)
         if name == "grid":
             return optuna.samplers.GridSampler(spec.space.grid_search_space(), seed=seed)
     raise ConfigError(f"unknown sampler {name!r}", source=spec.source, field="sampler.name")
@@ -502,7 +508,7 @@ def _enqueue_known(study: optuna.Study, spec: StudySpec) -> None:
     most half the trial budget so the sampler still gets its share; the others are listed with
     the reason in the study attribute ``enqueue_skipped``.
     """
-    if spec.sampler.name == "grid":  # the grid visits every config anyway
+    if spec.sampler.name in ("grid", "cheapest-first"):  # they visit configs in their own order
         return
     space = spec.space
     candidates = [(f"preset {name}", space.adapt(p.config)) for name, p in BUILTIN_PRESETS.items()]
@@ -703,6 +709,10 @@ class _Loop:
 
     async def run_one(self) -> TrialRecord:
         self.check_can_ask()
+        if isinstance(self.study.sampler, CheapestFirstSampler):
+            reason = self.study.sampler.exhausted(self.trials())
+            if reason is not None:
+                raise _Stop(reason)
         with _quiet():
             trial = self.study.ask()
         trials = self.trials()
@@ -714,7 +724,9 @@ class _Loop:
         h = config.config_hash
         self.set_attrs(trial, {"config": config.to_dict(), "config_hash": h, "summary": config.summary()})
 
-        source = await self.find_duplicate(trial, h, trials)
+        # Read again after writing the hash: a twin another worker started meanwhile is seen
+        # by whichever of the two writes its hash last (see find_duplicate).
+        source = await self.find_duplicate(trial, h, self.trials())
         if source is not None:
             return self.reuse(trial, config, source)
 
@@ -749,8 +761,11 @@ class _Loop:
                              trials: Sequence[FrozenTrial]) -> FrozenTrial | dict[str, Any] | None:
         """A finished trial (or the baseline) with the same config; waits for a running twin.
 
-        ``trials`` is a recent snapshot; while a twin runs in another worker, the storage is
-        polled again until it finishes (or its heartbeat goes stale and it is failed)."""
+        ``trials`` is a snapshot read after this trial's hash was written. A running twin is one
+        that already reserved its budget, or one with a smaller number (two workers that drew the
+        same config at the same instant: the older trial runs it, the newer waits). While a twin
+        runs in another worker, the storage is polled again until it finishes (or its heartbeat
+        goes stale and it is failed)."""
         deadline = time.monotonic() + GRACE_PERIOD_S * 2
         while True:
             running_twin = False
@@ -761,7 +776,7 @@ class _Loop:
                 if t.state.is_finished() and t.user_attrs.get("status") in _WITH_METRICS \
                         and not stopped_for_budget:  # a budget stop says nothing about quality
                     return t
-                if t.state == TrialState.RUNNING and "reserved" in t.user_attrs:
+                if t.state == TrialState.RUNNING and ("reserved" in t.user_attrs or t.number < trial.number):
                     running_twin = True
             baseline = self.baseline()
             if baseline and baseline["config_hash"] == h:
@@ -916,7 +931,8 @@ async def run_study_async(spec: StudySpec, evaluator: Evaluator, item_ids: Seque
     storage = open_storage(spec.storage, source=spec.source)
     study = await prepare_study_async(spec, evaluator, item_ids, storage=storage, cost_estimate=cost_estimate)
     seed = _derived_seed(spec, worker, len(study.get_trials(deepcopy=False)))
-    study = optuna.load_study(study_name=spec.name, storage=storage, sampler=build_sampler(spec, seed=seed))
+    sampler = build_sampler(spec, seed=seed, cost_estimate=cost_estimate)
+    study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler)
     loop = _Loop(spec, evaluator, list(item_ids), study, storage, cost_estimate, on_trial,
                  indexed=spec.sampler.name == "grid")
     stop_reason = ""

@@ -35,7 +35,7 @@ KNOWN_SCORERS: tuple[str, ...] = tuple(SCORERS) + tuple(SCORER_ALIASES)
 #: Scorer constructor arguments the evaluation layer supplies itself, never the study file.
 _SCORER_INJECTED = {"self", "call"}
 METRICS = ("quality", "cost", "latency")
-SAMPLERS = ("nsga2", "tpe", "gp", "random", "grid")
+SAMPLERS = ("nsga2", "tpe", "gp", "random", "grid", "cheapest-first")
 
 ObjectiveMode = Literal["pareto", "constrained"]
 
@@ -60,6 +60,7 @@ _SAMPLER_OPTIONS: dict[str, dict[str, str]] = {
     "gp": {"n_startup_trials": "int>=0", "deterministic_objective": "bool"},
     "random": {},
     "grid": {},
+    "cheapest-first": {"slack": "float>=0"},
 }
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -207,15 +208,16 @@ def parse_study_spec(text: str, *, source: str, base_dir: str | Path = ".",
     space.check_catalog(catalog)
 
     budget = _budget(sections["budget"], source)
+    objectives = _objectives(sections["objectives"], source, catalog, space)
     return StudySpec(
         name=name, source=source, seed=seed, backend=backend, storage=storage, run_dir=run_dir,
         call_store=run_dir / "calls.db", catalog_path=catalog_path,
         data=_data(sections["data"], source, base),
         scorer=_scorer(sections["scorer"], source, catalog),
         space=space,
-        objectives=_objectives(sections["objectives"], source, catalog, space),
+        objectives=objectives,
         budget=budget,
-        sampler=_sampler(sections["sampler"], source, space, budget),
+        sampler=_sampler(sections["sampler"], source, space, objectives),
         fidelity=_fidelity(sections["fidelity"], source),
         description=description,
     )
@@ -327,8 +329,12 @@ def _budget(d: Mapping[str, Any], source: str) -> BudgetSpec:
     )
 
 
-def _sampler(d: Mapping[str, Any], source: str, space: SearchSpace, budget: BudgetSpec) -> SamplerSpec:
-    name = _choice(d, "sampler", "name", source, SAMPLERS, default="nsga2")
+def _sampler(d: Mapping[str, Any], source: str, space: SearchSpace, objectives: ObjectiveSpec) -> SamplerSpec:
+    name = _choice(d, "sampler", "name", source, SAMPLERS, default="tpe")
+    if name == "cheapest-first" and objectives.mode != "constrained":
+        raise ConfigError("sampler 'cheapest-first' walks configs from the cheapest estimate up until "
+                          "one meets the quality target; it needs [objectives] mode = \"constrained\" "
+                          "with a target", source=source, field="sampler.name")
     options = d.get("options", {})
     if not isinstance(options, Mapping):
         raise ConfigError(f"expected a table, got {type(options).__name__}", source=source,
@@ -342,12 +348,14 @@ def _sampler(d: Mapping[str, Any], source: str, space: SearchSpace, budget: Budg
             _bool(options, "sampler.options", key, source)
         elif kind == "prob":
             _float(options, "sampler.options", key, source, lo=0.0, hi=1.0)
+        elif kind == "float>=0":
+            _float(options, "sampler.options", key, source, lo=0.0)
         else:
             _int(options, "sampler.options", key, source, lo=int(kind.split(">=")[1]))
     if name == "gp":
         check_gp_available(source=source)
-    if name == "grid" and space.count_configs() > DEFAULT_ENUMERATION_LIMIT:
-        raise ConfigError(f"the grid sampler enumerates every config, but the space holds "
+    if name in ("grid", "cheapest-first") and space.count_configs() > DEFAULT_ENUMERATION_LIMIT:
+        raise ConfigError(f"the {name} sampler enumerates every config, but the space holds "
                           f"{space.count_configs()} (limit {DEFAULT_ENUMERATION_LIMIT}); narrow [space] "
                           f"or choose another sampler", source=source, field="sampler.name")
     return SamplerSpec(name, dict(options))

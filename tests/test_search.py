@@ -219,20 +219,25 @@ def _worker(spec: StudySpec, worker: int) -> None:
     run_study(spec, FormulaEvaluator(), ITEMS, worker=worker, cost_estimate=formula_estimate)
 
 
-def test_two_worker_processes_share_one_storage_and_the_trial_budget(tmp_path: Path) -> None:
-    spec = make_spec(tmp_path, space={"models": ["w-small-1", "w-small-2", "w-small-3", "w-mid"],
-                                      "aggregators": ["w-mid", "w-strong-cheap"], "layers": [1, 3],
-                                      "proposers": [1, 4]},
-                     budget={"trials": 10}, sampler={"name": "tpe", "options": {"n_startup_trials": 4}})
+def _run_two_workers(spec: StudySpec) -> StudyResult:
+    """Two forked processes run the prepared study on one storage; both must exit cleanly."""
     prepare_study(spec, FormulaEvaluator(), ITEMS)
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_worker, args=(spec, i)) for i in range(2)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
+        p.join(120)
     assert [p.exitcode for p in procs] == [0, 0]
-    result = load_result(spec.storage, "s")
+    return load_result(spec.storage, spec.name)
+
+
+def test_two_worker_processes_share_one_storage_and_the_trial_budget(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, space={"models": ["w-small-1", "w-small-2", "w-small-3", "w-mid"],
+                                      "aggregators": ["w-mid", "w-strong-cheap"], "layers": [1, 3],
+                                      "proposers": [1, 4]},
+                     budget={"trials": 10}, sampler={"name": "tpe", "options": {"n_startup_trials": 4}})
+    result = _run_two_workers(spec)
     assert len(_counted(result)) == 10
     assert not [r for r in result.trials if r.status in ("running", "waiting")]
     numbers = sorted(r.number for r in _counted(result))
@@ -312,6 +317,80 @@ def test_constrained_mode_finds_the_cheapest_feasible_config(tmp_path: Path) -> 
     assert result.pareto_front[0].constraint is not None and result.pareto_front[0].constraint <= 0
     # Configs clearly below the target were stopped after the first items.
     assert any(r.status == "stopped_early" and "below target" in r.note for r in result.trials)
+
+
+def _cheapest_first_spec(tmp_path: Path, **extra: dict[str, Any]) -> StudySpec:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    sections: dict[str, dict[str, Any]] = dict(
+        objectives={"mode": "constrained", "target": 0.7, "target_confidence": 0.75},
+        space={"models": ["w-small-1", "w-small-2", "w-small-3", "w-mid"],
+               "aggregators": ["w-mid", "w-strong-pricey", "w-weak-pricey"], "layers": [1, 3],
+               "proposers": [1, 3]},
+        budget={"trials": 200}, sampler={"name": "cheapest-first", "options": {"slack": 0.0}},
+        fidelity={"enabled": True, "first_items": 20, "confidence": 0.9})
+    sections.update(extra)
+    return make_spec(tmp_path, **sections)
+
+
+def test_cheapest_first_walks_up_the_cost_order_and_stops_at_the_cheapest_feasible(tmp_path: Path) -> None:
+    spec = _cheapest_first_spec(tmp_path)
+    evaluator = FormulaEvaluator()
+    result = run_study(spec, evaluator, ITEMS, cost_estimate=formula_estimate)
+    expected = _brute_force_cheapest(spec, 0.7, 0.75)
+    answer = result.cheapest_meeting_target()
+    assert answer.met and answer.record is not None and answer.record.config == expected
+    assert "cheapest-first" in result.stop_reason
+    # Exactly the configs estimated cheaper than the answer were tried (slack 0), cheapest first,
+    # none of the presets (outside the cost order), and the more expensive ones never.
+    tried = [r.config for r in result.trials if r.config is not None]
+    costs = [cost_per_item(c) for c in tried]
+    assert costs == sorted(costs)
+    cheaper = {c.config_hash for c in spec.space.enumerate_configs() if cost_per_item(c) < cost_per_item(expected)}
+    assert {c.config_hash for c in tried[:-1]} == cheaper and tried[-1] == expected
+    assert len(tried) < spec.space.count_configs() / 2
+    # Configs clearly below the target stopped after the first items: paid for in part.
+    assert any(r.status == "stopped_early" and "below target" in r.note for r in result.trials)
+
+
+def test_cheapest_first_slack_also_tries_configs_estimated_a_little_dearer(tmp_path: Path) -> None:
+    tight = run_study(_cheapest_first_spec(tmp_path / "a"), FormulaEvaluator(), ITEMS, cost_estimate=formula_estimate)
+    loose_spec = _cheapest_first_spec(tmp_path / "b", sampler={"name": "cheapest-first", "options": {"slack": 1.0}})
+    loose = run_study(loose_spec, FormulaEvaluator(), ITEMS, cost_estimate=formula_estimate)
+    found = tight.cheapest_meeting_target().record
+    assert found is not None and loose.cheapest_meeting_target().record.config == found.config  # type: ignore[union-attr]
+    extra = [r.config for r in loose.trials if r.config is not None and cost_per_item(r.config) > cost_per_item(found.config)]  # type: ignore[arg-type]
+    assert extra and all(cost_per_item(c) <= 2 * cost_per_item(found.config) for c in extra)  # type: ignore[arg-type]
+
+
+def test_cheapest_first_resumes_where_it_stopped(tmp_path: Path) -> None:
+    spec = _cheapest_first_spec(tmp_path)
+    first = FormulaEvaluator(interrupt_on_call=5)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, first, ITEMS, cost_estimate=formula_estimate)
+    second = FormulaEvaluator()
+    result = run_study(spec, second, ITEMS, cost_estimate=formula_estimate)
+    full_once = FormulaEvaluator()
+    run_study(_cheapest_first_spec(tmp_path / "once"), full_once, ITEMS, cost_estimate=formula_estimate)
+    assert result.cheapest_meeting_target().record.config == _brute_force_cheapest(spec, 0.7, 0.75)  # type: ignore[union-attr]
+    # Together the two runs tried the configs one uninterrupted run tries, in the same order; the
+    # interrupted one first on resume (its finished stage is served by the call store in real runs).
+    order = list(dict.fromkeys(h for h, _, _ in first.log + second.log))
+    assert order == list(dict.fromkeys(h for h, _, _ in full_once.log))
+    assert second.log[0][0] == first.log[-1][0]
+
+
+def test_cheapest_first_with_two_worker_processes_finds_the_same_answer(tmp_path: Path) -> None:
+    spec = _cheapest_first_spec(tmp_path)
+    result = _run_two_workers(spec)
+    assert result.cheapest_meeting_target().record.config == _brute_force_cheapest(spec, 0.7, 0.75)  # type: ignore[union-attr]
+    evaluated = [r.config.config_hash for r in _counted(result)]  # type: ignore[union-attr]
+    assert len(evaluated) == len(set(evaluated))  # no config evaluated twice
+
+
+def test_cheapest_first_needs_constrained_mode(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        make_spec(tmp_path, sampler={"name": "cheapest-first"})
+    assert err.value.field == "sampler.name" and "constrained" in str(err.value)
 
 
 def test_a_target_no_config_meets_is_reported_with_the_best_found(tmp_path: Path) -> None:

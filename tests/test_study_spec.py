@@ -9,6 +9,7 @@ import pytest
 
 from moa_search.config import MoAConfig
 from moa_search.errors import ConfigError
+from moa_search.study import study_data
 from moa_search.study_spec import load_study_spec, parse_study_spec
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
@@ -53,11 +54,13 @@ def test_example_studies_load(name: str, tmp_path: Path) -> None:
     spec = load_study_spec(STUDIES / f"{name}.toml", runs_dir=tmp_path)
     assert spec.name == name
     assert spec.space.count_configs() > 1
+    data = study_data(spec)  # the data section fits the set (n_items, split)
+    assert len(data.dev_ids) >= 40
 
 
 def test_example_studies_say_what_they_promise(tmp_path: Path) -> None:
     demo = load_study_spec(STUDIES / "sim-demo.toml", runs_dir=tmp_path)
-    assert (demo.backend, demo.data.builtin, demo.scorer.name, demo.sampler.name) == ("sim", "math", "numeric", "nsga2")
+    assert (demo.backend, demo.data.builtin, demo.scorer.name, demo.sampler.name) == ("sim", "math", "numeric", "tpe")
     assert 40 <= (demo.data.n_items or 0) <= 60 and 30 <= demo.budget.trials <= 40
     gpt4t = load_study_spec(STUDIES / "cheapest-gpt4t.toml", runs_dir=tmp_path)
     assert gpt4t.backend == "http" and gpt4t.objectives.mode == "constrained"
@@ -72,7 +75,7 @@ def test_defaults_put_storage_and_call_store_under_the_runs_dir(tmp_path: Path) 
     run_dir = (tmp_path / "runs" / "t1").resolve()
     assert spec.storage == f"sqlite:///{run_dir / 'optuna.db'}"
     assert spec.call_store == run_dir / "calls.db"
-    assert (spec.seed, spec.backend, spec.sampler.name, spec.objectives.mode) == (0, "sim", "nsga2", "pareto")
+    assert (spec.seed, spec.backend, spec.sampler.name, spec.objectives.mode) == (0, "sim", "tpe", "pareto")
     assert spec.objectives.directions == ("maximize", "minimize", "minimize")
     assert spec.fidelity.enabled and spec.fidelity.first_items == 20
     assert spec.budget.usd is None and spec.budget.trials == 10
@@ -182,7 +185,8 @@ def test_gp_sampler_without_torch_says_how_to_install_it(tmp_path: Path) -> None
     assert exc.field == "sampler.name" and "pip install torch" in str(exc)
 
 
-def test_grid_sampler_refuses_a_space_too_big_to_enumerate(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sampler", ["grid", "cheapest-first"])
+def test_enumerating_samplers_refuse_a_space_too_big_to_enumerate(sampler: str, tmp_path: Path) -> None:
     text = MINIMAL.replace('models = ["Qwen/Qwen1.5-72B-Chat", "meta-llama/Llama-3-8b-chat-hf"]', "models = [" + ", ".join(
         f'"{m}"' for m in ["Qwen/Qwen1.5-110B-Chat", "Qwen/Qwen1.5-72B-Chat", "microsoft/WizardLM-2-8x22B",
                            "meta-llama/Llama-3-70b-chat-hf", "mistralai/Mixtral-8x22B-Instruct-v0.1",
@@ -192,7 +196,9 @@ def test_grid_sampler_refuses_a_space_too_big_to_enumerate(tmp_path: Path) -> No
     text = text.replace("layers = [1, 2]", "layers = [1, 8]").replace("proposers = [1, 2]", "proposers = [1, 10]")
     text = text.replace('aggregators = ["Qwen/Qwen1.5-72B-Chat"]',
                         'aggregators = ["Qwen/Qwen1.5-72B-Chat", "Qwen/Qwen1.5-110B-Chat", "gpt-4o-2024-05-13"]')
-    exc = _error(tmp_path, text + '\n[sampler]\nname = "grid"\n')
+    if sampler == "cheapest-first":
+        text += '\n[objectives]\nmode = "constrained"\ntarget = 0.5\n'
+    exc = _error(tmp_path, text + f'\n[sampler]\nname = "{sampler}"\n')
     assert exc.field == "sampler.name" and "enumerates every config" in str(exc)
 
 

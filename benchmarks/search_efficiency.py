@@ -59,7 +59,8 @@ from optuna._hypervolume import compute_hypervolume
 from moa_search.config import MoAConfig
 from moa_search.evaluate import ConfigEvaluation, build_scorer
 from moa_search.scoring import score_traces
-from moa_search.search import TrialMetrics, TrialRecord, load_result, price_estimate, run_study_async
+from moa_search.search import (TrialMetrics, TrialRecord, load_result, nsga2_population, price_estimate,
+                               run_study_async)
 from moa_search.study import make_evaluator, study_data
 from moa_search.study_spec import (SAMPLERS, BudgetSpec, SamplerSpec, StudySpec, TargetSpec,
                                    load_study_spec)
@@ -243,9 +244,13 @@ def noisy_estimate(catalog: Any, sigma: float, seed: int) -> Any:
 
 
 def run_spec(base: StudySpec, tmp: Path, strategy: str, seed: int, trials: int, usd: float | None,
-             target: float | None, tag: str = "") -> StudySpec:
+             target: float | None, tag: str = "", sized_for: int | None = None) -> StudySpec:
+    """``sized_for``: the trial budget the sampler's budget-dependent defaults (NSGA-II's
+    population) are set for, so that a run until found asks what the budgeted run asks."""
     sampler, mf, constrained, _ = parse_strategy(strategy)
     options = dict(base.sampler.options) if base.sampler.name == sampler else {}
+    if sampler == "nsga2":
+        options.setdefault("population_size", nsga2_population(sized_for or trials))
     name = f"{base.name}-{strategy.replace('+', '-').replace('@', '-').replace('~', '-noisy')}{tag}-s{seed}"
     fidelity = dataclasses.replace(base.fidelity, enabled=mf)
     objectives = base.objectives
@@ -267,7 +272,8 @@ async def one_run(base: StudySpec, tmp: Path, evaluator: MemoEvaluator, items: S
                   ) -> tuple[list[TrialRecord], str, float]:
     """One study run; its trials in order, why it stopped, wall seconds. With ``stop_after =
     (config hash, k)`` the run stops once that config is fully evaluated and k trials counted."""
-    spec = run_spec(base, tmp, strategy, seed, trials, usd, target, "-until-found" if stop_after else "")
+    spec = run_spec(base, tmp, strategy, seed, trials, usd, target, "-until-found" if stop_after else "",
+                    sized_for=stop_after[1] if stop_after else None)
     counted = 0
 
     def on_trial(event: Any) -> None:
@@ -293,10 +299,10 @@ async def one_run(base: StudySpec, tmp: Path, evaluator: MemoEvaluator, items: S
 
 
 def budget_prefix(records: Sequence[TrialRecord], trials: int) -> list[TrialRecord]:
-    """The trials a run with a budget of ``trials`` counted trials would have made: the same
-    sampler and seed draw the same sequence (the random sampler ignores history), and the
-    study stops asking once ``trials`` trials are counted; the known configs enqueued first are
-    the same as long as they fit in half of either budget)."""
+    """The trials a run with a budget of ``trials`` counted trials would have made: a sequential
+    run with a fixed seed asks the same trials whatever its budget (the sampler's budget-dependent
+    defaults are fixed by ``run_spec(sized_for=...)``, and the known configs enqueued first are the
+    same while they fit in half of either budget); the study stops once ``trials`` are counted."""
     out, counted = [], 0
     for r in records:
         if counted >= trials:

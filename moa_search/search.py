@@ -388,6 +388,11 @@ def open_storage(url: str, *, source: str | None = None, create: bool = True) ->
                           field="study.storage") from None
 
 
+def nsga2_population(trials: int) -> int:
+    """NSGA-II's default population: a quarter of the trial budget, within 4..20."""
+    return max(4, min(20, trials // 4))
+
+
 def build_sampler(spec: StudySpec, *, seed: int,
                   cost_estimate: CostEstimate | None = None) -> optuna.samplers.BaseSampler:
     """The sampler named in ``[sampler]``, seeded. Defaults suit studies of tens of trials.
@@ -397,7 +402,7 @@ def build_sampler(spec: StudySpec, *, seed: int,
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "nsga2":
             return optuna.samplers.NSGAIISampler(
-                seed=seed, population_size=o.get("population_size", max(4, min(20, spec.budget.trials // 4))),
+                seed=seed, population_size=o.get("population_size", nsga2_population(spec.budget.trials)),
                 mutation_prob=o.get("mutation_prob"), crossover_prob=o.get("crossover_prob", 0.9),
                 swapping_prob=o.get("swapping_prob", 0.5))
         if name == "tpe":

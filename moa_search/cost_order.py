@@ -11,8 +11,9 @@ than ``(1 + slack)`` times its estimate cannot be cheaper, and the study stops. 
 the error of the estimate (actual answer lengths differ from the catalog's typical ones).
 
 It is an Optuna sampler, so the storage keeps the whole history: a resumed study goes on where
-it stopped, and parallel workers skip configs any worker has taken (two workers that plan at
-the same instant may pick the same config; the study loop then reuses the first's result).
+it stopped, and parallel workers skip configs any worker has taken. Worker ``k`` takes the
+``k``-th cheapest config not taken yet (0-based), so N workers that plan at the same instant walk
+the N cheapest side by side instead of all drawing the same one.
 """
 
 from __future__ import annotations
@@ -52,15 +53,20 @@ class CostOrder:
                        key=lambda p: (p[0], p[1]))
         return cls(tuple(c for _, _, c in pairs), tuple(e for e, _, _ in pairs))
 
-    def next_config(self, taken: Iterable[str], bound: float | None) -> MoAConfig | None:
+    def next_config(self, taken: Iterable[str], bound: float | None, skip: int = 0) -> MoAConfig | None:
         """The cheapest config not in ``taken`` (hashes already tried) whose estimate is at most
-        ``bound`` (None: no bound); None when there is none."""
+        ``bound`` (None: no bound), passing over ``skip`` such configs (the last one if fewer
+        remain); None when there is none."""
         taken = set(taken)
         end = len(self.estimates) if bound is None else bisect.bisect_right(self.estimates, bound)
+        found: MoAConfig | None = None
         for config in self.configs[:end]:
             if config.config_hash not in taken:
-                return config
-        return None
+                found = config
+                if skip == 0:
+                    break
+                skip -= 1
+        return found
 
 
 def _meets_target(t: FrozenTrial) -> bool:
@@ -76,10 +82,11 @@ class CheapestFirstSampler(optuna.samplers.BaseSampler):
     """
 
     def __init__(self, space: SearchSpace, estimate: CostEstimate, *, slack: float = DEFAULT_SLACK,
-                 seed: int | None = None) -> None:
+                 worker: int = 0, seed: int | None = None) -> None:
         self.space = space
         self.order = CostOrder.build(space, estimate)
         self.slack = slack
+        self.worker = worker
         self._plans: dict[int, dict[str, Any]] = {}  # trial number -> params, this process
         self._fallback = optuna.samplers.RandomSampler(seed=seed)
 
@@ -88,10 +95,10 @@ class CheapestFirstSampler(optuna.samplers.BaseSampler):
                if _meets_target(t) and (h := t.user_attrs.get("config_hash")) in self.order.by_hash]
         return min(met) * (1 + self.slack) if met else None
 
-    def next_config(self, trials: Sequence[FrozenTrial]) -> MoAConfig | None:
+    def next_config(self, trials: Sequence[FrozenTrial], skip: int = 0) -> MoAConfig | None:
         taken = {h for t in trials if (h := t.user_attrs.get("config_hash"))}
         taken |= {h for p in self._plans.values() if (h := p.get("__hash__"))}
-        return self.order.next_config(taken, self.bound(trials))
+        return self.order.next_config(taken, self.bound(trials), skip)
 
     def exhausted(self, trials: Sequence[FrozenTrial]) -> str | None:
         """Why the walk is over, or None (the study loop asks before each trial)."""
@@ -107,7 +114,7 @@ class CheapestFirstSampler(optuna.samplers.BaseSampler):
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if "fixed_params" in trial.system_attrs:  # an enqueued trial (a retry) brings its own
             return
-        config = self.next_config(study.get_trials(deepcopy=False))
+        config = self.next_config(study.get_trials(deepcopy=False), skip=self.worker)
         if config is not None:
             params = self.space.config_to_params(config)
             self._plans[trial.number] = {**params, "__hash__": config.config_hash}

@@ -393,10 +393,11 @@ def nsga2_population(trials: int) -> int:
     return max(4, min(20, trials // 4))
 
 
-def build_sampler(spec: StudySpec, *, seed: int,
-                  cost_estimate: CostEstimate | None = None) -> optuna.samplers.BaseSampler:
+def build_sampler(spec: StudySpec, *, seed: int, cost_estimate: CostEstimate | None = None,
+                  worker: int = 0) -> optuna.samplers.BaseSampler:
     """The sampler named in ``[sampler]``, seeded. Defaults suit studies of tens of trials.
-    ``cost_estimate`` (default: the catalog's ``price_estimate``) orders ``cheapest-first``."""
+    ``cost_estimate`` (default: the catalog's ``price_estimate``) orders ``cheapest-first``, and
+    ``worker`` tells it which of the next cheapest configs this process takes."""
     name, o = spec.sampler.name, dict(spec.sampler.options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -418,7 +419,7 @@ def build_sampler(spec: StudySpec, *, seed: int,
             return optuna.samplers.RandomSampler(seed=seed)
         if name == "cheapest-first":
             return CheapestFirstSampler(spec.space, cost_estimate or price_estimate(spec.load_catalog()),
-                                        slack=float(o.get("slack", DEFAULT_SLACK)), seed=seed)
+                                        slack=float(o.get("slack", DEFAULT_SLACK)), worker=worker, seed=seed)
         if name == "grid":
             return optuna.samplers.GridSampler(spec.space.grid_search_space(), seed=seed)
     raise ConfigError(f"unknown sampler {name!r}", source=spec.source, field="sampler.name")
@@ -936,7 +937,7 @@ async def run_study_async(spec: StudySpec, evaluator: Evaluator, item_ids: Seque
     storage = open_storage(spec.storage, source=spec.source)
     study = await prepare_study_async(spec, evaluator, item_ids, storage=storage, cost_estimate=cost_estimate)
     seed = _derived_seed(spec, worker, len(study.get_trials(deepcopy=False)))
-    sampler = build_sampler(spec, seed=seed, cost_estimate=cost_estimate)
+    sampler = build_sampler(spec, seed=seed, cost_estimate=cost_estimate, worker=worker)
     study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler)
     loop = _Loop(spec, evaluator, list(item_ids), study, storage, cost_estimate, on_trial,
                  indexed=spec.sampler.name == "grid")

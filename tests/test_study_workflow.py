@@ -88,6 +88,9 @@ def test_two_workers_then_resume_then_show(study, tmp_path, capsys):
     assert len(second["trials"]) > len(first["trials"])
     code, out, _ = cli(capsys, "study", "show", str(study), "--runs-dir", runs)
     assert code == 0 and "Pareto front of study tiny (simulated world)" in out
+    ran = sum(t["status"] in ("complete", "stopped_early", "failed") for t in second["trials"])
+    repeats = sum(t["status"] == "duplicate" for t in second["trials"])
+    assert f"{len(second['trials'])} trials ({ran} evaluated, {repeats} repeats" in " ".join(out.split())
     report = tmp_path / "out" / "report.html"
     code, _, err = cli(capsys, "report", str(study), "--runs-dir", runs, "--out", str(report))
     assert code == 0, err

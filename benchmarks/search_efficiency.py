@@ -180,11 +180,8 @@ class RunOutcome:
     wall_s: float
 
 
-COUNTED = ("complete", "stopped_early", "failed")  # trials that use budget (search._COUNTED)
-
-
 def trial_spend(r: TrialRecord) -> float:
-    if r.status not in COUNTED or r.metrics is None:
+    if not r.counted or r.metrics is None:
         return 0.0  # duplicates (free: the run's own cache) and budget skips
     return _cost(r.metrics) * r.metrics.n_items
 
@@ -205,7 +202,7 @@ def analyse(strategy: str, seed: int, trials: Sequence[TrialRecord], obj: Object
     meeting = [obj.cost[h] for h in front if h in obj.meeting]
     best_ratio = min(meeting) / obj.cost[cheapest] if meeting and cheapest else math.inf
     return RunOutcome(strategy, seed, spent, obj.hv(front) / obj.true_hv, hv_at_cost, found_at, best_ratio,
-                      sum(1 for r in trials if r.status in COUNTED),
+                      sum(1 for r in trials if r.counted),
                       sum(1 for r in trials if r.status == "stopped_early"), stop_reason, wall_s)
 
 
@@ -280,7 +277,7 @@ async def one_run(base: StudySpec, tmp: Path, evaluator: MemoEvaluator, items: S
         nonlocal counted
         nonlocal found
         r = event.record
-        counted += r.status in COUNTED
+        counted += r.counted
         found = found or (r.full_fidelity and r.config is not None
                           and r.config.config_hash == stop_after[0])  # type: ignore[index]
         if found and counted >= stop_after[1]:  # type: ignore[index]
@@ -308,7 +305,7 @@ def budget_prefix(records: Sequence[TrialRecord], trials: int) -> list[TrialReco
         if counted >= trials:
             break
         out.append(r)
-        counted += r.status in COUNTED
+        counted += r.counted
     return out
 
 

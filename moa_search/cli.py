@@ -413,7 +413,7 @@ def print_study(result: "StudyResult") -> None:
         t = result.cheapest_meeting_target()
         out.print(("[green]target met[/green]: " if t.met else "[yellow]target not met[/yellow]: ") + t.message,
                   highlight=False)
-    ran = sum(1 for r in result.trials if r.status in ("complete", "stopped_early", "failed"))
+    ran = sum(1 for r in result.trials if r.counted)
     dups = sum(1 for r in result.trials if r.status == "duplicate")
     out.print(f"{len(result.trials)} trials ({ran} evaluated, {dups} repeats of an evaluated config served "
               f"free, {len(result.evaluated)} distinct configs at full fidelity) · spent ${result.spent_usd:.4f}{sim} in {result.spent_calls} paid calls"

@@ -177,6 +177,11 @@ class TrialRecord:
     constraint: float | None = None  # target - quality lower bound (constrained mode; <= 0 feasible)
     full_fidelity: bool = False  # measured on every item (Optuna state COMPLETE)
 
+    @property
+    def counted(self) -> bool:
+        """Was it an evaluation, one unit of the trial budget (not a free repeat or a skip)?"""
+        return self.status in _COUNTED
+
 
 @dataclass(frozen=True)
 class TrialEvent:

@@ -352,7 +352,7 @@ def random_sampler_distribution(space: Any) -> dict[str, float]:
 def enqueued_configs(spec: StudySpec) -> list[str]:
     """The known configs a study enqueues first (presets, single aggregators) for this spec.
     Uses search._enqueue_known (private) on a throwaway in-memory study: the exact same rule."""
-    from moa_search.search import _enqueue_known
+    from moa_search.search.prepare import _enqueue_known
     from optuna.trial import FixedTrial, TrialState
     study = optuna.create_study(directions=list(spec.objectives.directions))
     _enqueue_known(study, spec)

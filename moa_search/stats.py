@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Iterable, Literal, Sequence
 
 import numpy as np
 from scipy import optimize, special, stats
@@ -331,3 +331,30 @@ def lc_win_rate_ci(preferences: Sequence[float] | np.ndarray,
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(boot, [alpha, 1.0 - alpha])
     return Estimate(point, float(low), float(high), n, float(np.std(boot, ddof=1)), confidence)
+
+
+# ---- Student-t bounds: the search's stopping and target rules (fast, no resampling) -----------
+
+def mean_bound(values: Iterable[float], confidence: float, *, upper: bool) -> float:
+    """One-sided Student-t bound of the mean; with fewer than 2 values, the mean itself."""
+    x = np.asarray(list(values), dtype=float)
+    if x.size == 0:
+        return math.nan
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean
+    half = float(stats.t.ppf(confidence, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return mean + half if upper else mean - half
+
+
+def confidence_at_least(values: Iterable[float], target: float) -> float:
+    """P(true mean >= target) under a one-sided t model of the per-item values."""
+    x = np.asarray(list(values), dtype=float)
+    if x.size == 0:
+        return 0.0
+    mean = float(x.mean())
+    sd = float(x.std(ddof=1)) if x.size > 1 else 0.0
+    if sd == 0.0 or x.size < 2:
+        return 1.0 if mean >= target else 0.0
+    return float(stats.t.cdf((mean - target) / (sd / math.sqrt(x.size)), x.size - 1))
+

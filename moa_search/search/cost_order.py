@@ -26,8 +26,8 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from .config import MoAConfig
-from .space import SearchSpace
+from ..config import MoAConfig
+from ..space import SearchSpace
 
 #: A config's estimated list-price $ per item (``search.price_estimate``).
 CostEstimate = Callable[[MoAConfig], float]

@@ -1,0 +1,376 @@
+"""The study loop: ask Optuna for a config, find a twin or run it within budget, tell the result.
+
+The trial budget counts *evaluations*; see ``budget`` for how spend is shared by workers, and
+``fidelity`` for the early-stopping rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ..config import MoAConfig
+from ..stats import mean_bound
+from ..study_spec import StudySpec
+from .budget import _spent, agent_calls_per_item, price_estimate
+from .cost_order import CheapestFirstSampler, CostEstimate
+from .fidelity import early_stop_reason, merge_metrics
+from .prepare import prepare_study_async
+from .records import (_WITH_METRICS, Evaluator, StudyResult, TrialEvent, TrialMetrics, TrialRecord,
+                      _counted, _objective_values, _record)
+from .results import load_result
+from .samplers import build_sampler
+from .storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_storage
+
+_BUDGET_SKIPS_BEFORE_STOP = 5
+_DUP_POLL_S = 0.2
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence Optuna's notices about driving heartbeats from ask/tell: we record them ourselves
+    (``_Loop.heartbeat``), which is what ``Study.optimize`` would do."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        yield
+
+
+class _Stop(Exception):
+    """Internal: this worker should stop asking for trials; the message is the reason."""
+
+
+@dataclass
+class _Loop:
+    spec: StudySpec
+    evaluator: Evaluator
+    items: list[str]
+    study: optuna.Study
+    storage: optuna.storages.RDBStorage
+    cost_estimate: CostEstimate | None
+    on_trial: Callable[[TrialEvent], None] | None
+    indexed: bool
+    _baseline: Mapping[str, Any] | None = field(default=None, init=False)
+    _target: float | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        # Both are fixed once prepare_study has run, so read them once, not per trial.
+        attrs = self.study.user_attrs
+        self._baseline = attrs.get("baseline")
+        self._target = attrs.get("objectives", {}).get("target")
+
+    # -- storage views --
+
+    def trials(self) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False)
+
+    def baseline(self) -> Mapping[str, Any] | None:
+        return self._baseline
+
+    def target(self) -> float | None:
+        return self._target
+
+    def spent(self, exclude: int | None = None, trials: Sequence[FrozenTrial] | None = None) -> tuple[float, int]:
+        return _spent(self.trials() if trials is None else trials, self._baseline, exclude)
+
+    # -- estimates --
+
+    def estimate(self, config: MoAConfig, n_items: int, trials: Sequence[FrozenTrial]) -> tuple[float, int]:
+        """Conservative list-price $ and calls for ``n_items`` items of ``config``."""
+        per_call, overhead = 0.0, 0.0
+        for t in trials:
+            if t.user_attrs.get("status") != "complete" or "metrics" not in t.user_attrs:
+                continue
+            m = t.user_attrs["metrics"]
+            if not m["n_items"] or not m["calls"]:
+                continue
+            calls_per_item = m["calls"] / m["n_items"]
+            per_call = max(per_call, m["cost_usd_per_item"] / calls_per_item)
+            agent_calls = agent_calls_per_item(MoAConfig.from_dict(t.user_attrs["config"]))
+            overhead = max(overhead, calls_per_item - agent_calls)
+        calls_per_item = agent_calls_per_item(config) + overhead
+        usd_per_item = per_call * calls_per_item
+        if self.cost_estimate is not None:
+            usd_per_item = max(usd_per_item, float(self.cost_estimate(config)))
+        return usd_per_item * n_items, int(math.ceil(calls_per_item * n_items))
+
+    def over_budget(self, usd: float, calls: int, exclude: int, trials: Sequence[FrozenTrial]) -> str | None:
+        """Why spending ``usd``/``calls`` more would break a budget, or None."""
+        b = self.spec.budget
+        spent_usd, spent_calls = self.spent(exclude, trials)
+        if b.usd is not None and spent_usd + usd > b.usd:
+            return f"estimated ${usd:.4f} > remaining ${max(0.0, b.usd - spent_usd):.4f} of ${b.usd}"
+        if b.calls is not None and spent_calls + calls > b.calls:
+            return f"estimated {calls} calls > remaining {max(0, b.calls - spent_calls)} of {b.calls}"
+        return None
+
+    # -- one trial --
+
+    def check_can_ask(self) -> None:
+        trials = self.trials()
+        b = self.spec.budget
+        usd, calls = _spent(trials, self.baseline())
+        if b.usd is not None and usd >= b.usd:
+            raise _Stop(f"USD budget spent (${usd:.4f} of ${b.usd})")
+        if b.calls is not None and calls >= b.calls:
+            raise _Stop(f"call budget spent ({calls} of {b.calls})")
+        if sum(t.state != TrialState.WAITING and _counted(t) for t in trials) >= b.trials:
+            raise _Stop(f"trial budget reached ({b.trials})")
+        # The last few *new* configs (duplicates are free and neither count nor break the streak)
+        # did not fit in what is left of this budget: stop rather than keep drawing.
+        trailing = 0
+        for t in sorted((t for t in trials if t.state.is_finished()), key=lambda t: -t.number):
+            status = t.user_attrs.get("status")
+            if status == "duplicate":
+                continue
+            if status != "skipped" or t.user_attrs.get("budget_at_skip") != [b.usd, b.calls]:
+                break
+            trailing += 1
+        if trailing >= _BUDGET_SKIPS_BEFORE_STOP:
+            left = []
+            if b.usd is not None:
+                left.append(f"${b.usd - usd:.4f}")
+            if b.calls is not None:
+                left.append(f"{b.calls - calls} calls")
+            raise _Stop(f"budget nearly spent: the last {trailing} new configs suggested did not fit "
+                        f"in what is left ({', '.join(left)})")
+        streak = 0
+        for t in sorted((t for t in trials if t.state.is_finished()), key=lambda t: -t.number):
+            if t.user_attrs.get("status") != "duplicate":
+                break
+            streak += 1
+        if streak >= max(30, b.trials):
+            raise _Stop(f"the sampler proposed only already-evaluated configs for {streak} trials in a row")
+        done = {t.user_attrs.get("config_hash") for t in trials
+                if t.state.is_finished() and t.user_attrs.get("status") in _WITH_METRICS}
+        if len(done) >= self.spec.space.count_configs():
+            raise _Stop(f"every config of the space has been evaluated ({len(done)})")
+
+    async def run_one(self) -> TrialRecord:
+        self.check_can_ask()
+        if isinstance(self.study.sampler, CheapestFirstSampler):
+            reason = self.study.sampler.exhausted(self.trials())
+            if reason is not None:
+                raise _Stop(reason)
+        with _quiet():
+            trial = self.study.ask()
+        trials = self.trials()
+        before = sum(1 for t in trials if t.number < trial.number and _counted(t))
+        if before >= self.spec.budget.trials:
+            self.finish(trial, "skipped", skipped=f"trial budget reached ({self.spec.budget.trials})")
+            raise _Stop(f"trial budget reached ({self.spec.budget.trials})")
+        config = self.spec.space.suggest_indexed(trial) if self.indexed else self.spec.space.suggest(trial)
+        h = config.config_hash
+        self.set_attrs(trial, {"config": config.to_dict(), "config_hash": h, "summary": config.summary()})
+
+        # Read again after writing the hash: a twin another worker started meanwhile is seen
+        # by whichever of the two writes its hash last (see find_duplicate).
+        source = await self.find_duplicate(trial, h, self.trials())
+        if source is not None:
+            return self.reuse(trial, config, source)
+
+        usd, calls = self.estimate(config, len(self.items), trials)
+        reason = self.over_budget(usd, calls, trial.number, trials)
+        if reason is not None:
+            b = self.spec.budget
+            return self.finish(trial, "skipped", config=config, skipped=f"budget: {reason}",
+                               budget_at_skip=[b.usd, b.calls])
+        self.set_attrs(trial, {"reserved": [usd, calls]})
+        # Optuna exposes no public trial id; heartbeats are keyed by it.
+        beat = asyncio.create_task(self.heartbeat(trial._trial_id))
+        try:
+            metrics, status, why = await self.evaluate(trial, config)
+        except BaseException as exc:
+            interrupted = isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError))
+            self.finish(trial, "interrupted" if interrupted else "failed", config=config,
+                        error=f"{type(exc).__name__}: {exc}")
+            if interrupted:  # retry the same config first when the study resumes
+                self.study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+            raise
+        finally:
+            beat.cancel()
+        return self.finish(trial, status, config=config, metrics=metrics, stopped_early=why)
+
+    async def heartbeat(self, trial_id: int) -> None:
+        while True:
+            self.storage.record_heartbeat(trial_id)
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+
+    async def find_duplicate(self, trial: optuna.Trial, h: str,
+                             trials: Sequence[FrozenTrial]) -> FrozenTrial | dict[str, Any] | None:
+        """A finished trial (or the baseline) with the same config; waits for a running twin.
+
+        ``trials`` is a snapshot read after this trial's hash was written. A running twin is one
+        that already reserved its budget, or one with a smaller number (two workers that drew the
+        same config at the same instant: the older trial runs it, the newer waits). While a twin
+        runs in another worker, the storage is polled again until it finishes (or its heartbeat
+        goes stale and it is failed)."""
+        deadline = time.monotonic() + GRACE_PERIOD_S * 2
+        while True:
+            running_twin = False
+            for t in trials:
+                if t.number == trial.number or t.user_attrs.get("config_hash") != h:
+                    continue
+                stopped_for_budget = str(t.user_attrs.get("stopped_early", "")).startswith("budget")
+                if t.state.is_finished() and t.user_attrs.get("status") in _WITH_METRICS \
+                        and not stopped_for_budget:  # a budget stop says nothing about quality
+                    return t
+                if t.state == TrialState.RUNNING and ("reserved" in t.user_attrs or t.number < trial.number):
+                    running_twin = True
+            baseline = self.baseline()
+            if baseline and baseline["config_hash"] == h:
+                return dict(baseline)
+            if not running_twin or time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(_DUP_POLL_S)
+            with _quiet():
+                optuna.storages.fail_stale_trials(self.study)
+            trials = self.trials()
+
+    def reuse(self, trial: optuna.Trial, config: MoAConfig, source: FrozenTrial | dict[str, Any]) -> TrialRecord:
+        if isinstance(source, dict):
+            metrics = TrialMetrics.from_dict(source["metrics"])
+            status, origin, why = "complete", "baseline", None
+        else:
+            metrics = TrialMetrics.from_dict(source.user_attrs["metrics"])
+            origin = source.user_attrs.get("duplicate_of", source.number)
+            status = source.user_attrs["status"]
+            status = source.user_attrs.get("reused_status", status) if status == "duplicate" else status
+            why = source.user_attrs.get("stopped_early")
+        return self.finish(trial, "duplicate", config=config, metrics=metrics, duplicate_of=origin,
+                           reused_status=status, stopped_early=why, paid=False)
+
+    async def evaluate(self, trial: optuna.Trial, config: MoAConfig) -> tuple[TrialMetrics, str, str | None]:
+        """Run the fidelity stages; return metrics, status and the early-stop reason if any."""
+        f = self.spec.fidelity
+        n = trial.number
+        if not f.enabled or len(self.items) <= f.first_items:
+            return await self.evaluator.evaluate(config, self.items, trial_number=n), "complete", None
+        first_ids, rest_ids = self.items[:f.first_items], self.items[f.first_items:]
+        first = await self.evaluator.evaluate(config, first_ids, trial_number=n)
+        why = early_stop_reason(first, trial.number, self.spec, self.target(), self.trials())
+        if why is not None:
+            return first, "stopped_early", why
+        rest_usd = first.cost_usd_per_item * len(rest_ids)
+        rest_calls = int(math.ceil(first.calls / max(1, first.n_items) * len(rest_ids)))
+        self.set_attrs(trial, {"reserved": [first.paid_usd + rest_usd, first.paid_calls + rest_calls]})
+        b = self.spec.budget
+        spent_usd, spent_calls = self.spent(trial.number)
+        if b.usd is not None and spent_usd + first.paid_usd + rest_usd > b.usd:
+            return first, "stopped_early", (f"budget: the remaining {len(rest_ids)} items would cost "
+                                            f"~${rest_usd:.4f}, over the budget")
+        if b.calls is not None and spent_calls + first.paid_calls + rest_calls > b.calls:
+            return first, "stopped_early", f"budget: the remaining items need ~{rest_calls} calls, over the budget"
+        rest = await self.evaluator.evaluate(config, rest_ids, trial_number=n)
+        return merge_metrics(first, rest), "complete", None
+
+    # -- writing --
+
+    def set_attrs(self, trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+
+    def finish(self, trial: optuna.Trial, status: str, *, config: MoAConfig | None = None,
+               metrics: TrialMetrics | None = None, paid: bool = True, **notes: Any) -> TrialRecord:
+        attrs: dict[str, Any] = {"status": status}  # "reserved" only counts while RUNNING
+        attrs.update({k: v for k, v in notes.items() if v is not None})
+        state = TrialState.FAIL if status in ("failed", "interrupted") else TrialState.PRUNED
+        values = None
+        constraint = None
+        if metrics is not None:
+            attrs["metrics"] = metrics.to_dict()
+            attrs.update(paid_usd=metrics.paid_usd if paid else 0.0, paid_calls=metrics.paid_calls if paid else 0)
+            target = self.target()
+            if self.spec.objectives.mode == "constrained" and target is not None:
+                lcb = mean_bound(metrics.item_values.values(), self.spec.objectives.target_confidence,
+                                 upper=False)
+                if math.isfinite(lcb):
+                    constraint = target - lcb
+                    attrs["quality_lcb"] = lcb
+            full = status == "complete" or (status == "duplicate" and notes.get("reused_status") == "complete")
+            values = _objective_values(self.spec.objectives.objective_names, metrics)
+            if full and all(math.isfinite(v) for v in values):
+                state = TrialState.COMPLETE
+            elif full:
+                attrs["status"] = "failed"
+                attrs["error"] = "no item could be scored (non-finite objective values)"
+                state = TrialState.FAIL
+        self.set_attrs(trial, attrs)
+        if constraint is not None:
+            trial.set_constraint("quality_target", constraint)
+        try:
+            frozen = self.study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
+        except RuntimeError as exc:  # GridSampler calls study.stop() when the grid is exhausted
+            if "Study.stop" not in str(exc):
+                raise
+            frozen = next(t for t in self.trials() if t.number == trial.number)
+        record = _record(frozen)
+        self.report(record)
+        return record
+
+    def report(self, record: TrialRecord) -> None:
+        if self.on_trial is None:
+            return
+        trials = self.trials()
+        usd, calls = _spent(trials, self.baseline())
+        b = self.spec.budget
+        self.on_trial(TrialEvent(record, usd, calls, sum(1 for t in trials if t.state.is_finished() and _counted(t)),
+                                 b.usd, b.calls, b.trials))
+
+
+def _derived_seed(spec: StudySpec, worker: int, n_existing: int) -> int:
+    """Different per worker and per resume, so workers and resumed runs do not replay samples."""
+    material = f"{spec.seed}|{worker}|{n_existing}".encode()
+    return int.from_bytes(hashlib.sha256(material).digest()[:4], "big")
+
+
+async def run_study_async(spec: StudySpec, evaluator: Evaluator, item_ids: Sequence[str], *,
+                          on_trial: Callable[[TrialEvent], None] | None = None, worker: int = 0,
+                          cost_estimate: CostEstimate | None = None) -> StudyResult:
+    """Run (or resume) the study until a budget is reached; see the module docstring.
+
+    ``worker`` distinguishes parallel processes sharing one storage (it varies the sampler's
+    seed). ``cost_estimate`` defaults to ``price_estimate`` of the study's catalog.
+    """
+    if cost_estimate is None:
+        cost_estimate = price_estimate(spec.load_catalog())
+    storage = open_storage(spec.storage, source=spec.source)
+    study = await prepare_study_async(spec, evaluator, item_ids, storage=storage, cost_estimate=cost_estimate)
+    seed = _derived_seed(spec, worker, len(study.get_trials(deepcopy=False)))
+    sampler = build_sampler(spec, seed=seed, cost_estimate=cost_estimate, worker=worker)
+    study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler)
+    loop = _Loop(spec, evaluator, list(item_ids), study, storage, cost_estimate, on_trial,
+                 indexed=spec.sampler.name == "grid")
+    stop_reason = ""
+    while not stop_reason:
+        with _quiet():
+            optuna.storages.fail_stale_trials(study)
+        try:
+            await loop.run_one()
+        except _Stop as stop:
+            stop_reason = str(stop)
+    result = load_result(spec.storage, spec.name)
+    return _with_reason(result, stop_reason)
+
+
+def run_study(spec: StudySpec, evaluator: Evaluator, item_ids: Sequence[str], *,
+              on_trial: Callable[[TrialEvent], None] | None = None, worker: int = 0,
+              cost_estimate: CostEstimate | None = None) -> StudyResult:
+    """Synchronous ``run_study_async``: one event loop for the whole study, so an evaluator's
+    async clients (bound to a loop) live as long as the study."""
+    return asyncio.run(run_study_async(spec, evaluator, item_ids, on_trial=on_trial, worker=worker,
+                                       cost_estimate=cost_estimate))
+
+
+def _with_reason(result: StudyResult, reason: str) -> StudyResult:
+    return replace(result, stop_reason=reason)
+

@@ -1,0 +1,114 @@
+"""Creating a study once: its settings, the known configs queued first, the baseline measured."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+from typing import Sequence
+
+import optuna
+
+from ..config import BUILTIN_PRESETS, MoAConfig, canonical_json
+from ..errors import ConfigError, MoASearchError
+from ..study_spec import StudySpec
+from .budget import price_estimate
+from .cost_order import CostEstimate
+from .records import Evaluator
+from .storage import open_study
+
+
+def _items_digest(item_ids: Sequence[str]) -> str:
+    return hashlib.sha256(canonical_json(list(item_ids)).encode()).hexdigest()[:16]
+
+
+async def prepare_study_async(spec: StudySpec, evaluator: Evaluator, item_ids: Sequence[str], *,
+                              storage: optuna.storages.BaseStorage | None = None,
+                              cost_estimate: CostEstimate | None = None) -> optuna.Study:
+    """Create the study once: record its settings, enqueue known configs, measure the baseline.
+
+    Idempotent: a study that already has these is left as it is. Run it once before starting
+    parallel workers so they do not each enqueue presets or measure the baseline. The baseline
+    is evaluated outside Optuna (it need not be in the space; ``trial_number=-1``); its spend
+    counts towards the budget, and a trial that suggests the same config reuses its metrics.
+    """
+    if not item_ids:
+        raise ConfigError("no items to evaluate on", source=spec.source, field="data")
+    if len(set(item_ids)) != len(item_ids):
+        raise ConfigError("item ids must be unique", source=spec.source, field="data")
+    study = open_study(spec, storage=storage)
+    attrs = study.user_attrs
+    digest = _items_digest(item_ids)
+    if "items_digest" in attrs and attrs["items_digest"] != digest:
+        raise ConfigError(f"study {spec.name!r} was run on other items ({attrs.get('n_items')} items); "
+                          f"resume it with the same data settings or use a new study name",
+                          source=spec.source, field="data")
+    if "items_digest" not in attrs:
+        study.set_user_attr("items_digest", digest)
+        study.set_user_attr("n_items", len(item_ids))
+        study.set_user_attr("objectives", {
+            "mode": spec.objectives.mode, "names": list(spec.objectives.objective_names),
+            "target": spec.objectives.target.value if spec.objectives.target else None,
+            "target_confidence": spec.objectives.target_confidence})
+    if not attrs.get("initialized") and not study.get_trials(deepcopy=False):
+        _enqueue_known(study, spec)
+        study.set_user_attr("initialized", True)
+    target = spec.objectives.target
+    if target is not None and target.baseline_config is not None and "baseline" not in study.user_attrs:
+        config = target.baseline_config
+        budget = spec.budget.usd
+        if budget is not None:
+            estimate = (cost_estimate or price_estimate(spec.load_catalog()))(config) * len(item_ids)
+            if estimate > budget:
+                raise ConfigError(f"measuring the baseline {target.baseline!r} on {len(item_ids)} items "
+                                  f"is estimated at ${estimate:.2f}, more than the whole budget",
+                                  source=spec.source, field="budget.usd")
+        metrics = await evaluator.evaluate(config, list(item_ids), trial_number=-1)
+        if not math.isfinite(metrics.quality):
+            raise MoASearchError(f"the baseline {target.baseline!r} could not be scored on any item; "
+                                 f"no quality target can be derived from it")
+        study.set_user_attr("baseline", {"name": target.baseline, "config": config.to_dict(),
+                                         "config_hash": config.config_hash, "metrics": metrics.to_dict()})
+        objectives = dict(study.user_attrs["objectives"])
+        objectives["target"] = metrics.quality
+        study.set_user_attr("objectives", objectives)
+    return study
+
+
+def prepare_study(spec: StudySpec, evaluator: Evaluator, item_ids: Sequence[str], *,
+                  cost_estimate: CostEstimate | None = None) -> None:
+    """Synchronous ``prepare_study_async`` (the CLI calls it before forking workers)."""
+    asyncio.run(prepare_study_async(spec, evaluator, item_ids, cost_estimate=cost_estimate))
+
+
+def _enqueue_known(study: optuna.Study, spec: StudySpec) -> None:
+    """Put the paper's presets, then each single aggregator model, first in the queue.
+
+    Only those the space can express are enqueued (with the space's sampling parameters), at
+    most half the trial budget so the sampler still gets its share; the others are listed with
+    the reason in the study attribute ``enqueue_skipped``.
+    """
+    if spec.sampler.name in ("grid", "cheapest-first"):  # they visit configs in their own order
+        return
+    space = spec.space
+    candidates = [(f"preset {name}", space.adapt(p.config)) for name, p in BUILTIN_PRESETS.items()]
+    candidates += [(f"single {m}", MoAConfig.single(m, temperature=space.temperatures[0],
+                                                     max_tokens=space.max_tokens)) for m in space.aggregators]
+    skipped: dict[str, str] = {}
+    cap = max(1, spec.budget.trials // 2)
+    queued: set[str] = set()
+    for label, config in candidates:
+        reason = space.explain_outside(config)
+        if reason is not None:
+            skipped[label] = reason
+            continue
+        if config.config_hash in queued:
+            continue
+        if len(queued) >= cap:
+            skipped[label] = f"more known configs than half the trial budget ({cap})"
+            continue
+        queued.add(config.config_hash)
+        study.enqueue_trial(space.config_to_params(config), user_attrs={"enqueued_as": label},
+                            skip_if_exists=True)
+    study.set_user_attr("enqueue_skipped", skipped)
+

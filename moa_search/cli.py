@@ -1,7 +1,8 @@
 """The ``moa-search`` command. Thin: it parses options and calls the library.
 
-Any ``MoASearchError`` becomes one line on stderr and exit status 2; anything else is a bug and
-keeps its traceback.
+Any ``MoASearchError`` becomes one line on stderr and exit status 2; so does a usage mistake (an
+unknown option, a bad or missing value), followed by a usage hint; anything else is a bug and
+keeps its traceback. Text is scrubbed of API key values (``keys.scrub``) before it is printed.
 """
 
 from __future__ import annotations
@@ -10,22 +11,25 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Awaitable, Callable, Optional, Sequence, TypeVar
 
 import typer
 from rich.console import Console
 
-from .backends import make_provider
+from .backends import default_catalog, make_provider
 from .catalog import Catalog
-from .config import BUILTIN_PRESETS, MoAConfig, builtin_preset, load_config_file
+from .config import BUILTIN_PRESETS, LOCAL_PRESETS, MoAConfig, builtin_preset
 from .datasets import Dataset, answer_key_pairs, resolve_dataset
 from .errors import ConfigError, MoASearchError
+from .local import DEFAULT_CATALOG_OUT, DEFAULT_N_CTX
+from .keys import scrub
 from .progress import item_progress
 from .prompts import user_prompt
 from .runner import ItemTrace, Runner
 
 if TYPE_CHECKING:
     from .evaluate import ConfigEvaluation
+    from .providers.base import Provider
     from .search import StudyResult, TrialRecord
 from .store import CallStore
 
@@ -40,21 +44,24 @@ DEFAULT_JUDGE = "gpt-4-turbo-2024-04-09"  # AlpacaEval 2.0's annotator family
 
 CatalogOpt = Annotated[Optional[Path], typer.Option("--catalog", help="Model catalog TOML (default: built-in).")]
 StoreOpt = Annotated[Path, typer.Option("--store", help="SQLite call store (cache and log of every call).")]
-BackendOpt = Annotated[str, typer.Option("--backend", help="'sim' (offline simulated world) or 'http'.")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="'sim' (offline simulated world), 'http', or 'local' (llama.cpp servers started here; default catalog: the local one).")]
 BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="Send every model to this endpoint.")]
 KeyEnvOpt = Annotated[str, typer.Option("--api-key-env", help="Env var holding the key for --base-url (its name, never the key).")]
-RetriesOpt = Annotated[Optional[int], typer.Option("--retries", help="HTTP retries per call on 429/5xx/timeouts (default 6).")]
+RetriesOpt = Annotated[Optional[int], typer.Option("--retries", min=0, help="HTTP retries per call on 429/5xx/timeouts (default 6).")]
+TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", min=0.001, help="Seconds per HTTP request, every endpoint (default: the catalog's timeout_s, else 120).")]
+ConcurrencyOpt = Annotated[Optional[int], typer.Option("--concurrency", min=1, help="HTTP requests in flight per endpoint (default: the catalog's concurrency, else 16).")]
 SimEndpointOpt = Annotated[bool, typer.Option("--sim-endpoint", help="The --base-url is `moa-search sim-server`: send sample indices so Self-MoA samples differ.")]
 
 
-def load_catalog(path: Path | None) -> Catalog:
-    return Catalog.load(path) if path else Catalog.default()
+def load_catalog(path: Path | None, backend: str = "sim") -> Catalog:
+    return Catalog.load(path) if path else default_catalog(backend)
 
 
 def resolve_config(preset: str | None, config_file: Path | None) -> MoAConfig:
+    from .preset import load_config_or_preset
     if bool(preset) == bool(config_file):
         raise ConfigError("give exactly one of --preset NAME or --config FILE")
-    return builtin_preset(preset).config if preset else load_config_file(config_file)  # type: ignore[arg-type]
+    return builtin_preset(preset).config if preset else load_config_or_preset(config_file)  # type: ignore[arg-type]
 
 
 def open_store(path: Path, no_store: bool = False) -> "CallStore | None":
@@ -64,24 +71,51 @@ def open_store(path: Path, no_store: bool = False) -> "CallStore | None":
 def resolve_config_ref(ref: str, catalog: Catalog) -> MoAConfig:
     """A built-in preset name, a config/preset file, or a catalog model id (run alone)."""
     if Path(ref).is_file():
-        return load_config_file(ref)
-    if ref in BUILTIN_PRESETS:
-        return BUILTIN_PRESETS[ref].config
+        from .preset import load_config_or_preset
+        return load_config_or_preset(ref)
+    if ref in BUILTIN_PRESETS or ref in LOCAL_PRESETS:
+        return builtin_preset(ref).config
     if ref in catalog:
         return MoAConfig.single(ref)
-    raise ConfigError(f"{ref!r} is not a file, a built-in preset ({', '.join(BUILTIN_PRESETS)}) "
+    raise ConfigError(f"{ref!r} is not a file, a built-in preset ({', '.join([*BUILTIN_PRESETS, *LOCAL_PRESETS])}) "
                       f"or a model in {catalog.source}")
 
 
 def provider_for(backend: str, cat: Catalog, base_url: str | None, dataset: "Dataset | None" = None,
-                 sim_endpoint: bool = False, retries: int | None = None, api_key_env: str = ""):
-    """The simulated world is told the validation set's references (its answer key)."""
+                 sim_endpoint: bool = False, retries: int | None = None, api_key_env: str = "",
+                 timeout_s: float | None = None, concurrency: int | None = None,
+                 models: "Sequence[str] | None" = None):
+    """The simulated world is told the validation set's references (its answer key).
+    ``models``: the ones the command calls (``--backend local`` starts servers for those)."""
     key = None
     if backend == "sim" and dataset is not None:
         from .providers.simulated import AnswerKey
         key = AnswerKey.from_pairs(answer_key_pairs(dataset))
     return make_provider(backend, cat, base_url=base_url, answer_key=key, sim_endpoint=sim_endpoint,
-                         max_retries=retries, api_key_env=api_key_env)
+                         max_retries=retries, api_key_env=api_key_env, timeout_s=timeout_s,
+                         max_concurrency=concurrency, models=models)
+
+
+T = TypeVar("T")
+
+
+def on_backend(make_provider_: "Callable[[], Provider]", store: Path | None,
+               work: "Callable[[Provider, CallStore | None], Awaitable[T]]") -> T:
+    """Run ``work`` with a new provider, then the call store, in that order: a backend that
+    cannot start (a local model's server) fails before the store is opened, so bad input leaves
+    no store behind. The provider is closed — a local backend's servers stopped — whatever happens."""
+    async def go() -> T:
+        provider = make_provider_()
+        try:
+            return await work(provider, open_store(store) if store is not None else None)
+        finally:
+            await provider.aclose()
+    return asyncio.run(go())
+
+
+def models_needed(*configs: MoAConfig, scorer_opts: "dict[str, object] | None" = None) -> tuple[str, ...]:
+    judge = (scorer_opts or {}).get("judge_model")
+    return tuple(sorted({m for c in configs for m in c.models} | ({str(judge)} if judge else set())))
 
 
 def scorer_options(scorer: str, judge_model: str | None) -> dict[str, object]:
@@ -104,14 +138,16 @@ def trace_summary(trace: ItemTrace) -> dict[str, object]:
         "cost_usd": round(trace.cost_usd, 6),
         "paid_usd": round(trace.paid_usd, 6),
         "latency_s": round(trace.latency_s, 3),
+        "wall_s": round(trace.wall_s, 3),
         "cost_by_role": {k: round(v, 6) for k, v in trace.cost_by_role().items()},
+        "model_mismatches": [{"requested": a, "replied": b} for a, b in trace.model_mismatches()],
     }
 
 
 @app.command()
 def run(
     prompt: Annotated[str, typer.Option("--prompt", help="The user prompt.")],
-    preset: Annotated[Optional[str], typer.Option("--preset", help="moa | moa-gpt4o | moa-lite")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="moa | moa-gpt4o | moa-lite | local-self-moa (--backend local)")] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="Config file (JSON or TOML).")] = None,
     catalog: CatalogOpt = None,
     store: StoreOpt = DEFAULT_STORE,
@@ -121,24 +157,20 @@ def run(
     sim_endpoint: SimEndpointOpt = False,
     retries: RetriesOpt = None,
     api_key_env: KeyEnvOpt = "",
+    timeout: TimeoutOpt = None,
+    concurrency: ConcurrencyOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run one MoA config on one prompt; print the answer and its cost and latency."""
     cfg = resolve_config(preset, config_file)
-    cat = load_catalog(catalog)
+    cat = load_catalog(catalog, backend)
     cat.check_config(cfg)
     messages = user_prompt(prompt)
-    call_store = open_store(store, no_store)
-
-    async def go() -> ItemTrace:
-        provider = provider_for(backend, cat, base_url, sim_endpoint=sim_endpoint, retries=retries,
-                                api_key_env=api_key_env)
-        try:
-            return await Runner(provider, call_store).run_item(cfg, messages)  # type: ignore[arg-type]
-        finally:
-            await provider.aclose()
-
-    trace = asyncio.run(go())
+    trace = on_backend(lambda: provider_for(backend, cat, base_url, sim_endpoint=sim_endpoint, retries=retries,
+                                            api_key_env=api_key_env, timeout_s=timeout, concurrency=concurrency,
+                                            models=cfg.models),
+                       None if no_store else store,
+                       lambda provider, call_store: Runner(provider, call_store).run_item(cfg, messages))
     summary = trace_summary(trace)
     if as_json:
         out.print_json(json.dumps({"answer": trace.answer, "error": trace.error,
@@ -155,22 +187,24 @@ def run(
                   f"tokens {trace.prompt_tokens} in / {trace.completion_tokens} out", markup=False)
         out.print(f"cost ${trace.cost_usd:.6f}{label} (paid now ${trace.paid_usd:.6f}) · "
                   f"latency {trace.latency_s:.2f} s critical path{label}", markup=False)
+        if not trace.simulated:  # the simulated world's latency is simulated; its wall time says nothing
+            out.print(f"wall time here {trace.wall_s:.2f} s (with queueing and retries)", markup=False)
     if trace.failed:
         raise typer.Exit(1)
 
 
 @app.command("sim-server")
 def sim_server(
-    port: Annotated[int, typer.Option("--port", help="TCP port on 127.0.0.1 (0 = any free port).")] = 8000,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port on 127.0.0.1 (0 = any free port).")] = 8000,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     catalog: CatalogOpt = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     sleep: Annotated[bool, typer.Option("--sleep/--no-sleep", help="Really wait the simulated latency.")] = False,
-    latency_ms: Annotated[Optional[float], typer.Option("--latency-ms", help="Fixed latency per call.")] = None,
-    rate_429: Annotated[float, typer.Option("--fault-429")] = 0.0,
-    rate_500: Annotated[float, typer.Option("--fault-500")] = 0.0,
-    rate_timeout: Annotated[float, typer.Option("--fault-timeout")] = 0.0,
-    rate_malformed: Annotated[float, typer.Option("--fault-malformed")] = 0.0,
+    latency_ms: Annotated[Optional[float], typer.Option("--latency-ms", min=0, help="Fixed latency per call.")] = None,
+    rate_429: Annotated[float, typer.Option("--fault-429", min=0, max=1)] = 0.0,
+    rate_500: Annotated[float, typer.Option("--fault-500", min=0, max=1)] = 0.0,
+    rate_timeout: Annotated[float, typer.Option("--fault-timeout", min=0, max=1)] = 0.0,
+    rate_malformed: Annotated[float, typer.Option("--fault-malformed", min=0, max=1)] = 0.0,
     answer_key: Annotated[Optional[list[Path]], typer.Option("--answer-key", help="Validation set(s) whose references the simulated world knows.")] = None,
 ) -> None:
     """Serve the simulated model world over an OpenAI-compatible HTTP API."""
@@ -190,27 +224,23 @@ def sim_server(
 DataOpt = Annotated[str, typer.Option("--data", help="Validation set: a JSONL path or a built-in name (math, choice, instruct).")]
 ScorerOpt = Annotated[str, typer.Option("--scorer", help="exact | numeric | choice | regex | pairwise_judge | length_controlled | single_grade_judge")]
 JudgeOpt = Annotated[Optional[str], typer.Option("--judge-model", help=f"Judge model for judge scorers (default {DEFAULT_JUDGE}).")]
-ItemsOpt = Annotated[Optional[int], typer.Option("--n-items", help="Deterministic subsample of this many items.")]
+ItemsOpt = Annotated[Optional[int], typer.Option("--n-items", min=1, help="Deterministic subsample of this many items (default: all).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
 def _load_items(data: str, n_items: int | None, seed: int) -> Dataset:
     ds = resolve_dataset(data)
-    return ds.subsample(n_items, seed) if n_items else ds
+    if n_items is not None and n_items > len(ds):
+        raise ConfigError(f"expected at most {len(ds)} (the items in {ds.name}), got {n_items}", field="--n-items")
+    return ds if n_items is None else ds.subsample(n_items, seed)
 
 
-async def _evaluate(cfg: MoAConfig, ds: Dataset, scorer: str, judge_model: str | None, cat: Catalog,
-                    backend: str, base_url: str | None, call_store: CallStore | None, quiet: bool,
-                    label: str, sim_endpoint: bool = False, retries: int | None = None,
-                    api_key_env: str = "") -> "ConfigEvaluation":
+async def _evaluate(cfg: MoAConfig, ds: Dataset, scorer: str, judge_model: str | None, provider: "Provider",
+                    call_store: CallStore | None, quiet: bool, label: str) -> "ConfigEvaluation":
     from .evaluate import DatasetEvaluator
-    provider = provider_for(backend, cat, base_url, ds, sim_endpoint, retries, api_key_env)
-    try:
-        evaluator = DatasetEvaluator(provider, call_store, ds, scorer, scorer_options(scorer, judge_model))
-        with item_progress(len(ds), label, quiet=quiet, console=err) as on_item:
-            return await evaluator.evaluate_items(cfg, ds.ids, f"eval:{cfg.config_hash}", on_item=on_item)
-    finally:
-        await provider.aclose()
+    evaluator = DatasetEvaluator(provider, call_store, ds, scorer, scorer_options(scorer, judge_model))
+    with item_progress(len(ds), label, quiet=quiet, console=err) as on_item:
+        return await evaluator.evaluate_items(cfg, ds.ids, f"eval:{cfg.config_hash}", on_item=on_item)
 
 
 def _print_evaluation(ev: "ConfigEvaluation") -> None:
@@ -250,17 +280,22 @@ def eval_(
     sim_endpoint: SimEndpointOpt = False,
     retries: RetriesOpt = None,
     api_key_env: KeyEnvOpt = "",
+    timeout: TimeoutOpt = None,
+    concurrency: ConcurrencyOpt = None,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the JSON result here.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Measure one config on a validation set: quality with CI, cost per item, latency."""
     cfg = resolve_config(preset, config_file)
-    cat = load_catalog(catalog)
+    cat = load_catalog(catalog, backend)
     cat.check_config(cfg)
     ds = _load_items(data, n_items, seed)
-    ev = asyncio.run(_evaluate(cfg, ds, scorer, judge_model, cat, backend, base_url, open_store(store),
-                               quiet or as_json, "eval", sim_endpoint, retries, api_key_env))
+    needed = models_needed(cfg, scorer_opts=scorer_options(scorer, judge_model))
+    ev = on_backend(lambda: provider_for(backend, cat, base_url, ds, sim_endpoint, retries, api_key_env, timeout,
+                                         concurrency, needed), store,
+                    lambda provider, call_store: _evaluate(cfg, ds, scorer, judge_model, provider, call_store,
+                                                           quiet or as_json, "eval"))
     result = {"dataset": ds.name, "dataset_source": ds.source, **ev.to_dict()}
     if out_file:
         out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -289,21 +324,26 @@ def compare(
     sim_endpoint: SimEndpointOpt = False,
     retries: RetriesOpt = None,
     api_key_env: KeyEnvOpt = "",
+    timeout: TimeoutOpt = None,
+    concurrency: ConcurrencyOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Paired comparison of two configs on the same items (paired bootstrap, sign test)."""
     from .stats import paired_comparison
-    cat = load_catalog(catalog)
+    cat = load_catalog(catalog, backend)
     cfg_a, cfg_b = resolve_config_ref(a, cat), resolve_config_ref(b, cat)
     cat.check_config(cfg_a)
     cat.check_config(cfg_b)
     ds = _load_items(data, n_items, seed)
-    call_store = open_store(store)
-    ev_a = asyncio.run(_evaluate(cfg_a, ds, scorer, judge_model, cat, backend, base_url, call_store,
-                                 quiet or as_json, "A", sim_endpoint, retries, api_key_env))
-    ev_b = asyncio.run(_evaluate(cfg_b, ds, scorer, judge_model, cat, backend, base_url, call_store,
-                                 quiet or as_json, "B", sim_endpoint, retries, api_key_env))
+    needed = models_needed(cfg_a, cfg_b, scorer_opts=scorer_options(scorer, judge_model))
+
+    async def both(provider: "Provider", call_store: CallStore | None) -> "tuple[ConfigEvaluation, ConfigEvaluation]":
+        return (await _evaluate(cfg_a, ds, scorer, judge_model, provider, call_store, quiet or as_json, "A"),
+                await _evaluate(cfg_b, ds, scorer, judge_model, provider, call_store, quiet or as_json, "B"))
+
+    ev_a, ev_b = on_backend(lambda: provider_for(backend, cat, base_url, ds, sim_endpoint, retries, api_key_env,
+                                                 timeout, concurrency, needed), store, both)
     both = [i for i in ds.ids if ev_a.result.values.get(i) is not None and ev_b.result.values.get(i) is not None]
     if len(both) < 2:
         raise MoASearchError(f"only {len(both)} item(s) were scored for both configs; cannot compare")
@@ -333,7 +373,7 @@ def calls(
     role: Annotated[Optional[str], typer.Option("--role", help="proposer | aggregator | judge")] = None,
     run: Annotated[Optional[str], typer.Option("--run", help="Run id prefix, e.g. 'study:sim-demo/'.")] = None,
     cached: Annotated[Optional[bool], typer.Option("--cached/--paid", help="Only cache hits / only paid calls.")] = None,
-    limit: Annotated[int, typer.Option("--limit")] = 50,
+    limit: Annotated[int, typer.Option("--limit", min=0)] = 50,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List and filter the call store, newest first, with the spend of the selection."""
@@ -360,7 +400,7 @@ def calls(
 @app.command()
 def serve(
     preset_file: Annotated[Path, typer.Argument(help="A preset JSON file (moa-preset/1).")],
-    port: Annotated[int, typer.Option("--port")] = 8000,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     backend: BackendOpt = "http",
     base_url: BaseUrlOpt = None,
@@ -368,7 +408,9 @@ def serve(
     token_env: Annotated[Optional[str], typer.Option("--token-env", help="Env var holding the bearer token clients must send.")] = None,
     sim_endpoint: SimEndpointOpt = False,
     api_key_env: KeyEnvOpt = "",
-    concurrency: Annotated[Optional[int], typer.Option("--endpoint-concurrency", help="Inner calls in flight per upstream endpoint (default 16).")] = None,
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency", "--endpoint-concurrency", min=1, help="Inner calls in flight per upstream endpoint (default: the catalog's concurrency, else 16).")] = None,
+    timeout: TimeoutOpt = None,
+    catalog: Annotated[Optional[Path], typer.Option("--catalog", help="With --backend local: the catalog giving the preset's local models' GGUF files (default: the built-in local catalog).")] = None,
 ) -> None:
     """Serve a preset as an OpenAI-compatible /v1/chat/completions endpoint."""
     import os
@@ -380,8 +422,12 @@ def serve(
         token = os.environ.get(token_env)
         if not token:
             raise ConfigError(f"environment variable {token_env} is not set", field="--token-env")
-    provider = make_provider(backend, preset_catalog(p), base_url=base_url, sim_endpoint=sim_endpoint,
-                             api_key_env=api_key_env, max_concurrency=concurrency)
+    cat = preset_catalog(p)
+    if backend == "local":  # a preset names its local models, not their weights
+        from .local.provider import attach_local
+        cat = attach_local(cat, load_catalog(catalog, backend))
+    provider = make_provider(backend, cat, base_url=base_url, sim_endpoint=sim_endpoint, api_key_env=api_key_env,
+                             max_concurrency=concurrency, timeout_s=timeout, models=p.config.models)
     serve_preset(p, provider, host=host, port=port, store=open_store(store), api_key=token)
 
 
@@ -444,20 +490,23 @@ def _result_json(result: "StudyResult") -> dict[str, object]:
 @study_app.command("run")
 def study_run(
     study_file: Annotated[Path, typer.Argument(help="Study file (TOML).")],
-    workers: Annotated[int, typer.Option("--workers", help="Processes sharing the study.")] = 1,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Processes sharing the study.")] = 1,
     runs_dir: RunsDirOpt = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write the HTML report here.")] = None,
+    timeout: TimeoutOpt = None,
+    concurrency: ConcurrencyOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Run (or resume) a study; print the Pareto front."""
     from .progress import trial_progress
-    from .study import run_study_file
+    from .study import EndpointOverrides, run_study_file
     from .study_spec import load_study_spec
     optuna_quiet()
     total = load_study_spec(study_file, runs_dir=runs_dir).budget.trials
     with trial_progress(total, quiet=quiet or as_json, console=err) as on_trial:
-        result = run_study_file(study_file, runs_dir=runs_dir, workers=workers, on_trial=on_trial)
+        result = run_study_file(study_file, runs_dir=runs_dir, workers=workers, on_trial=on_trial,
+                                overrides=EndpointOverrides(timeout, concurrency))
     if as_json:
         out.print_json(json.dumps(_result_json(result)))
     else:
@@ -491,7 +540,7 @@ def study_show(
 def study_export(
     study_file: Annotated[Path, typer.Argument(help="Study file (TOML).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the preset files.")] = Path("presets"),
-    trial: Annotated[Optional[int], typer.Option("--trial")] = None,
+    trial: Annotated[Optional[int], typer.Option("--trial", min=0)] = None,
     pareto: Annotated[bool, typer.Option("--pareto", help="Every Pareto-optimal config.")] = False,
     cheapest: Annotated[bool, typer.Option("--cheapest-meeting-target")] = False,
     fmt: Annotated[str, typer.Option("--format", help="preset | archon | moa-reference | standalone")] = "preset",
@@ -536,6 +585,34 @@ def report(
     _write_report(study_file, runs_dir, out_file, png_dir=png_dir)
 
 
+local_app = typer.Typer(no_args_is_help=True, help="Local GGUF models served with llama.cpp (pip install -e '.[local]').")
+app.add_typer(local_app, name="local")
+
+
+@local_app.command("serve")
+def local_serve(
+    models_dir: Annotated[Optional[Path], typer.Option("--models-dir", help="Serve every .gguf file below this folder.")] = None,
+    gguf: Annotated[Optional[list[str]], typer.Option("--gguf", help="A GGUF file to serve, as PATH or PATH=ALIAS (repeatable).")] = None,
+    n_threads: Annotated[int, typer.Option("--n-threads", min=1, help="Threads per server.")] = 1,
+    n_ctx: Annotated[int, typer.Option("--n-ctx", min=16, help="Context window per server (the catalog's context_window).")] = DEFAULT_N_CTX,
+    chat_format: Annotated[Optional[str], typer.Option("--chat-format", help="llama.cpp chat format, e.g. chatml (default: the GGUF's template).")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="First server's port; the next count up (default: free ports).")] = None,
+    catalog_out: Annotated[Path, typer.Option("--catalog-out", help="Catalog TOML to write for the served models.")] = DEFAULT_CATALOG_OUT,
+) -> None:
+    """Serve local GGUF models (installed weight packages, --models-dir, --gguf) until Ctrl-C."""
+    from .local.discover import find_models
+    from .local.serve import ServeOptions, serve_local
+    from .local.state import state_path
+
+    def echo(line: str) -> None:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+        out.file.flush()
+
+    serve_local(find_models(models_dir, gguf or ()),
+                ServeOptions(n_ctx=n_ctx, n_threads=n_threads, chat_format=chat_format, port=port,
+                             catalog_out=catalog_out), state=state_path(), echo=echo)
+
+
 def _answer_key(paths: list[Path]) -> "object | None":
     if not paths:
         return None
@@ -545,23 +622,51 @@ def _answer_key(paths: list[Path]) -> "object | None":
     return AnswerKey.from_pairs(pairs)
 
 
+def _say_error(message: str) -> None:
+    err.print(f"error: {scrub(message)}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _command_path(argv: list[str] | None) -> str:
+    """``moa-search study run`` from the words of ``argv`` that name (sub)commands: for usage
+    errors raised before click made a context for the command (e.g. an option missing its value)."""
+    command: object = typer.main.get_command(app)
+    words = ["moa-search"]
+    for arg in sys.argv[1:] if argv is None else argv:
+        sub = getattr(command, "commands", {}).get(arg)
+        if sub is None:
+            break
+        command, words = sub, words + [arg]
+    return " ".join(words)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The entry point: exit 0 on success, 1 when the work failed, 2 for bad input or usage.
+
+    typer >= 0.29 bundles its own copy of click (``typer._click``); its exceptions are not the
+    ``click`` package's, so they are caught here by typer's classes (pinned in pyproject.toml).
+    """
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
     try:
-        code = app(args=argv, standalone_mode=False)  # click returns Exit codes in this mode
+        code = app(args=argv, standalone_mode=False, prog_name="moa-search")
     except MoASearchError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        _say_error(str(exc))
         return 2
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:
         err.print("aborted")
         return 130
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+    except NoArgsIsHelpError:  # bare `moa-search` / `moa-search study`: typer printed the help
+        return 0
+    except UsageError as exc:
+        path = exc.ctx.command_path if exc.ctx is not None else _command_path(argv)
+        usage = exc.ctx.get_usage() if exc.ctx is not None else f"Usage: {path} [OPTIONS] ..."
+        _say_error(exc.format_message())
+        err.print(f"{usage}  (see '{path} --help')", markup=False, highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except ClickException as exc:  # e.g. a file option that cannot be opened
+        _say_error(exc.format_message())
+        return exc.exit_code
     return code if isinstance(code, int) else 0
 
 

@@ -254,21 +254,40 @@ BUILTIN_PRESETS: dict[str, Preset] = {
     )
 }
 
+LOCAL_MODEL = "smollm2-135m"
+"""The model of the shipped local catalog (``data/local.toml``): SmolLM2-135M-Instruct."""
+
+LOCAL_PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("local-self-moa", MoAConfig.uniform([LOCAL_MODEL] * 3, LOCAL_MODEL, layers=2, max_tokens=256),
+               "Self-MoA on a local model (--backend local): SmolLM2-135M-Instruct sampled 3 times at "
+               "temperature 0.7, then aggregating."),
+    )
+}
+"""Presets over the local catalog. Kept apart from ``BUILTIN_PRESETS``, whose models are the
+default catalog's and with which the search seeds every study; looked up by the same name."""
+
 
 def builtin_preset(name: str) -> Preset:
-    try:
-        return BUILTIN_PRESETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown preset {name!r}; built-in presets are {sorted(BUILTIN_PRESETS)}",
-                          field="preset") from None
+    preset = BUILTIN_PRESETS.get(name) or LOCAL_PRESETS.get(name)
+    if preset is None:
+        raise ConfigError(f"unknown preset {name!r}; built-in presets are "
+                          f"{sorted(BUILTIN_PRESETS) + sorted(LOCAL_PRESETS)}", field="preset")
+    return preset
+
+
+def read_config_data(path: str | Path) -> Any:
+    """The parsed content of a ``.json`` or ``.toml`` file; a parse error names the file and line."""
+    path = Path(path)
+    text = read_text(path, "config")
+    return parse_toml(text, str(path)) if path.suffix.lower() == ".toml" else parse_json(text, str(path))
 
 
 def load_config_file(path: str | Path) -> MoAConfig:
-    """A config from a ``.json`` or ``.toml`` file; a parse error names the file and line."""
-
-    path = Path(path)
-    text = read_text(path, "config")
-    data = parse_toml(text, str(path)) if path.suffix.lower() == ".toml" else parse_json(text, str(path))
+    """A config from a ``.json`` or ``.toml`` file. A preset file's config is taken as it is;
+    the commands read files with ``preset.load_config_or_preset``, which checks the preset."""
+    data = read_config_data(path)
     if isinstance(data, dict) and "config" in data and "format" in data:
         data = data["config"]  # a preset file: its config is what runs
     return MoAConfig.from_dict(data, source=str(path))

@@ -138,3 +138,11 @@ class DatasetEvaluator:
                        trial_number: int) -> TrialMetrics:
         evaluation = await self.evaluate_items(config, item_ids, f"{self.run_prefix}trial-{trial_number}")
         return evaluation.to_trial_metrics()
+
+    def paid(self) -> tuple[float, int]:
+        """The search's ``PaidLedger``: what the call store logged under this evaluator's run
+        prefix, in every process; calls that were in flight when a process died count too."""
+        if self.store is None or not self.run_prefix:
+            return 0.0, 0
+        spend = self.store.spend(run_id_prefix=self.run_prefix)
+        return spend.paid_usd, spend.paid_calls + spend.possibly_billed_calls

@@ -35,7 +35,7 @@ import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 
 from .catalog import Catalog, Endpoint, ModelInfo, SimProfile
-from .config import MoAConfig, Preset
+from .config import MoAConfig, Preset, read_config_data
 from .errors import ConfigError
 from .inputs import parse_json, read_text
 from .prompts import TEMPLATES, template_text
@@ -278,6 +278,16 @@ def load_preset(path: str | Path) -> PresetFile:
     """Read and fully validate a preset file; errors read ``file: json.path: what is wrong``."""
     path = Path(path)
     return _parse(parse_json(read_text(path, "preset"), str(path)), str(path))
+
+
+def load_config_or_preset(path: str | Path) -> MoAConfig:
+    """What ``run`` / ``eval`` / ``compare`` run from a file: a config, or a preset file checked
+    exactly as ``serve`` checks it (format version, schema, ``config_hash``). A file carrying a
+    ``format`` or ``config_hash`` is a preset; a bare config has neither key."""
+    data = read_config_data(path)
+    if isinstance(data, Mapping) and ("format" in data or "config_hash" in data):
+        return _parse(data, str(path)).config
+    return MoAConfig.from_dict(data, source=str(path))
 
 
 @lru_cache(maxsize=1)

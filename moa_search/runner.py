@@ -7,18 +7,26 @@ and latency do not depend on what happened to be cached.
 Failure policy: a proposer that fails after the provider's retries is recorded in the trace and
 its layer continues with the others; if every agent of a layer fails, or the aggregator fails,
 the item fails and is recorded as failed (``answer`` is None), never scored silently.
+
+Latency: ``ItemTrace.latency_s`` (the latency objective) is the critical path of the calls'
+*model* latencies (``Completion.latency_s``: the server's own time when it reports one, else the
+time on the wire), never our queueing: how many calls we keep in flight is a property of the
+machine running the search, not of the config. ``ItemTrace.wall_s`` is what the item really
+took here, queueing and retries included.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Awaitable, Callable, Sequence
 
 from .config import AgentSpec, MoAConfig
 from .prompts import agent_messages
 from .providers.base import ChatRequest, Completion, Message, Provider, ProviderError, Role
+from .providers.limits import fit_for
 
 if TYPE_CHECKING:  # the store is optional at run time; only its interface matters here
     from .store import CallStore
@@ -48,6 +56,7 @@ class ItemTrace:
     answer: str | None
     calls: tuple[CallTrace, ...]
     error: str | None = None
+    wall_s: float = 0.0  # what the item took here, queueing and retries included
 
     @property
     def failed(self) -> bool:
@@ -86,6 +95,11 @@ class ItemTrace:
     @property
     def n_calls(self) -> int:
         return len(self.calls)
+
+    def model_mismatches(self) -> list[tuple[str, str]]:
+        """(requested, answered) model names of calls whose reply named another model."""
+        return [(c.model, c.completion.reply_model) for c in self.calls
+                if c.completion is not None and c.completion.reply_model is not None]
 
     @property
     def n_cached(self) -> int:
@@ -138,7 +152,12 @@ class Runner:
 
     async def call(self, request: ChatRequest, role: Role = "judge", item_id: str | None = None,
                    config_hash: str | None = None) -> Completion:
-        """One call through the store (if any). Judges use this too, so their calls are logged."""
+        """One call through the store (if any). Judges use this too, so their calls are logged.
+
+        The catalog's limits are applied first (``providers.limits``): a request that cannot fit
+        its model's context window raises ``ContextWindowError`` here, before the store sees it.
+        """
+        request = fit_for(self.provider, request)
         if self.store is None:
             return await self.provider.complete(request)
         return await self.store.complete(self.provider, request, role=role, run_id=self.run_id,
@@ -157,6 +176,11 @@ class Runner:
 
     async def run_item(self, config: MoAConfig, messages: tuple[Message, ...],
                        item_id: str = "prompt") -> ItemTrace:
+        started = time.perf_counter()
+        trace = await self._run_layers(config, messages, item_id)
+        return replace(trace, wall_s=time.perf_counter() - started)
+
+    async def _run_layers(self, config: MoAConfig, messages: tuple[Message, ...], item_id: str) -> ItemTrace:
         calls: list[CallTrace] = []
         references: list[str] = []
         for layer_index, layer in enumerate(config.proposer_layers):

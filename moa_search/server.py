@@ -43,6 +43,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .errors import ConfigError, MoASearchError
+from .keys import scrub
 from .serving import BodyTooLarge, listen, read_body
 from .preset import PresetFile
 from .providers.base import Message, Provider
@@ -258,12 +259,15 @@ async def _run(runner: Runner, preset: PresetFile, call: _ChatCall, timeout_s: f
         raise _ApiError(504, f"the mixture did not answer within {timeout_s:g} s", type_="server_error",
                         code="timeout") from None
     except MoASearchError as exc:
-        raise _ApiError(502, f"the mixture failed: {exc}", type_="server_error", code="upstream_error") from None
+        raise _ApiError(502, scrub(f"the mixture failed: {exc}"), type_="server_error",
+                        code="upstream_error") from None
     except Exception:  # a bug must not kill the server, nor leak internals to the client
         log.exception("unexpected error running preset %s", preset.name)
         raise _ApiError(500, "internal error while running the mixture", type_="server_error") from None
     if trace.failed:
-        raise _ApiError(502, f"the mixture failed: {trace.error}", type_="server_error", code="upstream_error")
+        # upstream text, forwarded: no key value may pass through (``keys``)
+        raise _ApiError(502, scrub(f"the mixture failed: {trace.error}"), type_="server_error",
+                        code="upstream_error")
     return trace
 
 

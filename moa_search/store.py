@@ -23,35 +23,56 @@ loop on every answer for a risk the brief does not ask us to cover.
 
 Concurrency: asyncio tasks in one process share one connection behind a ``threading.Lock``
 (writes are synchronous and take well under a millisecond); processes share the file through WAL
-and a 60 s busy timeout. Concurrent identical requests in one event loop are *single-flighted*:
-one provider call, the others wait for it and are logged as cache hits. Two *processes* racing on
-the same uncached key may both pay; ``INSERT OR IGNORE`` keeps the first answer and both succeed.
+and a 60 s busy timeout. Identical requests are *single-flighted* across tasks and processes:
+one provider call, the others wait for it and are logged as cache hits. Within a process a
+future carries the answer; across processes the leader first *claims* the key in the
+``inflight`` table (in the same ``BEGIN IMMEDIATE`` transaction that finds no stored answer) and
+the others poll until the answer is stored. A claim is removed with the answer (or the error);
+a claim whose process is gone (same host: its pid is dead; another host: older than
+``CLAIM_LEASE_S``) is stale, and the next process to meet it takes the key over.
+
+Crash trace: the claim is written *before* the request is sent. When its process dies (kill -9)
+or is cancelled mid-request, the provider may have billed the call though no answer was stored;
+such a claim becomes a ``calls`` row with ``possibly_billed = 1``, which ``spend()`` counts, so
+a study's books show every request that may have cost money.
+
+Schema changes are numbered migrations (``_MIGRATIONS``); ``store_meta.schema_version`` is the
+last one applied, so an older file is upgraded in place and a newer one is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import socket
 import sqlite3
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, get_args
+from typing import Any, Callable, Iterator, get_args
 
 import sqlite_utils
 
 from .config import canonical_json
 from .errors import MoASearchError
+from .keys import scrub, scrub_content
 from .providers.base import ChatRequest, Completion, Provider, ProviderError, Role, Usage
 
 __all__ = ["CallRow", "CallStore", "Spend", "StoreError", "SCHEMA_VERSION", "STORE_FORMAT"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STORE_FORMAT = "moa_search.call_store"
 BUSY_TIMEOUT_S = 60.0
+#: A claim by a process on another host is taken over after this long (its process cannot be
+#: checked); longer than any request the HTTP provider lets run, retries included.
+CLAIM_LEASE_S = 900.0
+#: How often a process waiting for another's call looks for the answer (grows to the maximum).
+CLAIM_POLL_S = (0.02, 0.5)
 
 _META_TABLE = "store_meta"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -67,6 +88,10 @@ _CALL_COLUMNS: dict[str, type] = {
     "config_hash": str, "cached": int, "paid_usd": float, "cost_usd": float, "latency_s": float,
     "error": str, "status": int,
 }
+_INFLIGHT_COLUMNS: dict[str, type] = {
+    "key": str, "owner": str, "host": str, "pid": int, "started": float, "ts": str, "model": str,
+    "role": str, "run_id": str, "item_id": str, "config_hash": str,
+}
 
 
 
@@ -81,7 +106,33 @@ def _insert_sql(table: str, columns: list[str], verb: str = "INSERT") -> str:
 
 # OR IGNORE: another process may have stored this key meanwhile; the first answer wins
 _INSERT_RESPONSE = _insert_sql("responses", list(_RESPONSE_COLUMNS), "INSERT OR IGNORE")
-_INSERT_CALL = _insert_sql("calls", [c for c in _CALL_COLUMNS if c != "id"])
+_INSERT_CALL = _insert_sql("calls", [c for c in _CALL_COLUMNS if c != "id"] + ["possibly_billed"])
+_INSERT_CLAIM = _insert_sql("inflight", list(_INFLIGHT_COLUMNS))
+_HOST = socket.gethostname()
+
+
+def _migrate_1(db: sqlite_utils.Database) -> None:
+    """The first schema: answers and the run log."""
+    db["responses"].create(_RESPONSE_COLUMNS, pk="key", if_not_exists=True,
+                           not_null={"endpoint", "model", "request_json", "text"})
+    db["calls"].create(_CALL_COLUMNS, pk="id", if_not_exists=True,
+                       not_null={"ts", "key", "model", "role", "cached"})
+    for column in ("run_id", "model", "role"):
+        db["calls"].create_index([column], if_not_exists=True)
+
+
+def _migrate_2(db: sqlite_utils.Database) -> None:
+    """Cross-process single-flight and the crash trace: claims, and possibly billed calls."""
+    db["inflight"].create(_INFLIGHT_COLUMNS, pk="key", if_not_exists=True,
+                          not_null={"owner", "host", "pid", "started"})
+    if "possibly_billed" not in db["calls"].columns_dict:
+        db.execute("ALTER TABLE calls ADD COLUMN possibly_billed INTEGER NOT NULL DEFAULT 0")
+
+
+#: Numbered schema migrations, applied in order inside one transaction; never edit a released one.
+_MIGRATIONS: tuple[tuple[int, Callable[[sqlite_utils.Database], None]], ...] = (
+    (1, _migrate_1), (2, _migrate_2))
+assert [n for n, _ in _MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
 
 
 class StoreError(MoASearchError):
@@ -105,6 +156,7 @@ class Spend:
     failed_calls: int
     prompt_tokens: int
     completion_tokens: int
+    possibly_billed_calls: int = 0  # sent, then their process died: no answer, maybe a bill
 
     @property
     def saved_usd(self) -> float:
@@ -140,6 +192,7 @@ class CallRow:
     latency_s: float | None
     error: str | None
     status: int | None
+    possibly_billed: bool = False  # in flight when its process died or was cancelled
 
     @property
     def ok(self) -> bool:
@@ -159,6 +212,19 @@ class _CallContext:
     config_hash: str | None
 
 
+def _claim_is_stale(claim: dict[str, Any]) -> bool:
+    """Is the process that holds this claim gone? Checked by pid on this host, by age elsewhere."""
+    if claim["host"] != _HOST:
+        return time.time() - float(claim["started"]) > CLAIM_LEASE_S
+    try:
+        os.kill(int(claim["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def _now() -> str:
     """UTC, ISO 8601, millisecond precision: sorts as text and reads well in the viewer."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -173,6 +239,7 @@ class CallStore:
         # one in-flight future per (event loop, key): futures belong to a loop, and a store may
         # be used by successive ``asyncio.run`` calls (tests, the CLI)
         self._inflight: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future[Any]] = {}
+        self._owner = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"  # claims in other processes
         self._check_file_is_ours()
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -266,15 +333,14 @@ class CallStore:
                 self._refuse_foreign(self._existing_tables())
                 db = self._db
                 db[_META_TABLE].create({"name": str, "value": str}, pk="name", if_not_exists=True)
-                db[_META_TABLE].insert_all(
-                    [{"name": "format", "value": STORE_FORMAT},
-                     {"name": "schema_version", "value": str(SCHEMA_VERSION)}], ignore=True)
-                db["responses"].create(_RESPONSE_COLUMNS, pk="key", if_not_exists=True,
-                                       not_null={"endpoint", "model", "request_json", "text"})
-                db["calls"].create(_CALL_COLUMNS, pk="id", if_not_exists=True,
-                                   not_null={"ts", "key", "model", "role", "cached"})
-                for column in ("run_id", "model", "role"):
-                    db["calls"].create_index([column], if_not_exists=True)
+                db[_META_TABLE].insert_all([{"name": "format", "value": STORE_FORMAT},
+                                            {"name": "schema_version", "value": "0"}], ignore=True)
+                have = int(db[_META_TABLE].get("schema_version")["value"])
+                for number, migrate in _MIGRATIONS:
+                    if number > have:
+                        migrate(db)
+                db[_META_TABLE].upsert({"name": "schema_version", "value": str(SCHEMA_VERSION)},
+                                       pk="name")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot initialise the call store ({exc})", path=self._path) from exc
 
@@ -331,6 +397,7 @@ class CallStore:
         loop = asyncio.get_running_loop()
         slot = (loop, ctx.key)
         started = time.perf_counter()
+        poll = CLAIM_POLL_S[0]
         while True:
             hit = self.lookup(ctx.key)
             if hit is not None:
@@ -338,7 +405,12 @@ class CallStore:
                 return hit
             leader = self._inflight.get(slot)
             if leader is None:
-                break
+                if self._claim(ctx):
+                    break
+                # another process is making this call: wait for its answer (or its claim to go)
+                await asyncio.sleep(poll)
+                poll = min(poll * 2, CLAIM_POLL_S[1])
+                continue
             # shield: a follower being cancelled must not cancel the leader's paid call
             outcome = await asyncio.shield(leader)
             if isinstance(outcome, ProviderError):
@@ -373,6 +445,52 @@ class CallStore:
             del self._inflight[slot]
             if not future.done():
                 future.set_result(outcome)
+            if outcome is None:  # cancelled or crashed after sending: the call may be billed
+                self._release_claim(ctx.key, "cancelled while in flight")
+
+    def _claim(self, ctx: _CallContext) -> bool:
+        """Claim ``ctx.key`` for this process unless another live process holds it.
+
+        One ``BEGIN IMMEDIATE`` transaction: no answer stored meanwhile, no live claim, then ours
+        is written (replacing a stale one, which is first logged as possibly billed). True when
+        this process now leads; False when it must wait, or when the answer just arrived."""
+        with self._locked("claim a call") as db, self._transaction():
+            if _fetch(db, "SELECT 1 FROM responses WHERE key = ?", [ctx.key]):
+                return False  # the next lookup serves it
+            rows = _fetch(db, "SELECT * FROM inflight WHERE key = ?", [ctx.key])
+            if rows:
+                if not _claim_is_stale(rows[0]):
+                    return False
+                self._log_possibly_billed(db, rows[0], "its process is gone")
+            db.execute(_INSERT_CLAIM.replace("INSERT", "INSERT OR REPLACE", 1), {
+                "key": ctx.key, "owner": self._owner, "host": _HOST, "pid": os.getpid(),
+                "started": time.time(), "ts": _now(), "model": ctx.model, "role": ctx.role,
+                "run_id": ctx.run_id, "item_id": ctx.item_id, "config_hash": ctx.config_hash})
+        return True
+
+    def _release_claim(self, key: str, why: str) -> None:
+        """Drop our claim on ``key`` after a request was sent but not answered (cancelled):
+        logged as possibly billed, and the key is free for the next caller."""
+        with self._locked("release a claim") as db, self._transaction():
+            rows = _fetch(db, "SELECT * FROM inflight WHERE key = ? AND owner = ?", [key, self._owner])
+            if rows:
+                self._log_possibly_billed(db, rows[0], why)
+
+    def _log_possibly_billed(self, db: sqlite_utils.Database, claim: dict[str, Any], why: str) -> None:
+        """Turn a claim into a ``calls`` row: sent, never answered, perhaps billed (inside a
+        transaction of the caller's)."""
+        db.execute("DELETE FROM inflight WHERE key = ?", [claim["key"]])
+        ctx = _CallContext(claim["key"], "", claim["model"], claim["role"], claim["run_id"],
+                           claim["item_id"], claim["config_hash"])
+        db.execute(_INSERT_CALL, self._call_row(
+            ctx, cached=0, paid_usd=0.0, cost_usd=0.0, latency_s=None, status=None, possibly_billed=1,
+            error=f"in flight since {claim['ts']} on {claim['host']} (pid {claim['pid']}), "
+                  f"never answered: {why}; possibly billed"))
+
+    def inflight(self) -> list[dict[str, Any]]:
+        """Claims held now (requests sent and not yet answered), oldest first."""
+        with self._locked("read the call store") as db:
+            return _fetch(db, "SELECT * FROM inflight ORDER BY started", [])
 
     def lookup(self, key: str) -> Completion | None:
         """The stored answer for ``key`` as a free hit (``cached=True``), or None."""
@@ -397,6 +515,7 @@ class CallStore:
             "SELECT COUNT(*) AS calls,"
             " COALESCE(SUM(c.cached), 0) AS cached_calls,"
             " COALESCE(SUM(c.error IS NOT NULL), 0) AS failed_calls,"
+            " COALESCE(SUM(c.possibly_billed), 0) AS possibly_billed_calls,"
             " COALESCE(SUM(c.paid_usd), 0.0) AS paid_usd,"
             " COALESCE(SUM(CASE WHEN c.error IS NULL THEN c.cost_usd END), 0.0) AS list_cost_usd,"
             " COALESCE(SUM(CASE WHEN c.cached = 0 AND c.error IS NULL"
@@ -410,7 +529,8 @@ class CallStore:
         return Spend(paid_usd=float(row["paid_usd"]), list_cost_usd=float(row["list_cost_usd"]),
                      calls=row["calls"], cached_calls=row["cached_calls"],
                      failed_calls=row["failed_calls"], prompt_tokens=row["prompt_tokens"],
-                     completion_tokens=row["completion_tokens"])
+                     completion_tokens=row["completion_tokens"],
+                     possibly_billed_calls=row["possibly_billed_calls"])
 
     def calls(self, *, model: str | None = None, role: str | None = None,
               run_id: str | None = None, run_id_prefix: str | None = None,
@@ -423,7 +543,8 @@ class CallStore:
         with self._locked("read the call store") as db:
             rows = list(db["calls"].rows_where(where or None, args, order_by="id DESC",
                                                limit=limit))
-        return [CallRow(**{**r, "cached": bool(r["cached"])}) for r in rows]
+        return [CallRow(**{**r, "cached": bool(r["cached"]),
+                           "possibly_billed": bool(r["possibly_billed"])}) for r in rows]
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL when this was the last one). Idempotent."""
@@ -446,13 +567,13 @@ class CallStore:
     def _call_row(self, ctx: _CallContext, **outcome: Any) -> dict[str, Any]:
         return {"ts": _now(), "key": ctx.key, "model": ctx.model, "role": ctx.role,
                 "run_id": ctx.run_id, "item_id": ctx.item_id, "config_hash": ctx.config_hash,
-                **outcome}
+                "possibly_billed": 0, **outcome}
 
     def _store_paid(self, ctx: _CallContext, request: ChatRequest, answer: Completion) -> None:
         """The answer and its paid call row in one transaction, committed before returning."""
         response = {
             "key": ctx.key, "endpoint": ctx.endpoint, "model": answer.model,
-            "request_json": canonical_json(request.identity()), "text": answer.text,
+            "request_json": canonical_json(request.identity()), "text": scrub_content(answer.text),
             "prompt_tokens": answer.usage.prompt_tokens,
             "completion_tokens": answer.usage.completion_tokens,
             "cost_usd": answer.cost_usd, "latency_s": answer.latency_s, "ttft_s": answer.ttft_s,
@@ -464,6 +585,7 @@ class CallStore:
         with self._locked("store a paid answer") as db, self._transaction():
             db.execute(_INSERT_RESPONSE, response)
             db.execute(_INSERT_CALL, call)
+            db.execute("DELETE FROM inflight WHERE key = ?", [ctx.key])
 
     def _log_call(self, ctx: _CallContext, hit: Completion) -> None:
         row = self._call_row(ctx, cached=1, paid_usd=0.0, cost_usd=hit.cost_usd,
@@ -473,9 +595,10 @@ class CallStore:
 
     def _log_failure(self, ctx: _CallContext, exc: ProviderError, elapsed_s: float) -> None:
         row = self._call_row(ctx, cached=0, paid_usd=0.0, cost_usd=0.0, latency_s=elapsed_s,
-                             error=f"{type(exc).__name__}: {exc}", status=exc.status)
-        with self._locked("log a failed call") as db:
+                             error=scrub(f"{type(exc).__name__}: {exc}"), status=exc.status)
+        with self._locked("log a failed call") as db, self._transaction():
             db.execute(_INSERT_CALL, row)
+            db.execute("DELETE FROM inflight WHERE key = ? AND owner = ?", [ctx.key, self._owner])
 
 
 def _fetch(db: sqlite_utils.Database, sql: str, args: list[Any]) -> list[dict[str, Any]]:

@@ -47,8 +47,17 @@ def study_data(spec: StudySpec) -> StudyData:
     return StudyData(dataset, dev.ids, heldout.ids if heldout is not None else ())
 
 
-def make_evaluator(spec: StudySpec, data: StudyData, catalog: Catalog | None = None
-                   ) -> tuple[DatasetEvaluator, CallStore]:
+@dataclass(frozen=True)
+class EndpointOverrides:
+    """``study run --timeout / --concurrency``: they override the per-endpoint values of the
+    study's catalog (which is where a study file sets them); None keeps the catalog's."""
+
+    timeout_s: float | None = None
+    concurrency: int | None = None
+
+
+def make_evaluator(spec: StudySpec, data: StudyData, catalog: Catalog | None = None,
+                   overrides: EndpointOverrides = EndpointOverrides()) -> tuple[DatasetEvaluator, CallStore]:
     """The simulated world is told the references of the study's items (its answer key)."""
     from .backends import make_provider
 
@@ -57,17 +66,36 @@ def make_evaluator(spec: StudySpec, data: StudyData, catalog: Catalog | None = N
     if spec.backend == "sim":
         from .providers.simulated import AnswerKey
         key = AnswerKey.from_pairs(answer_key_pairs(data.dataset))
-    provider = make_provider(spec.backend, catalog, answer_key=key, seed=spec.seed)
+    provider = make_provider(spec.backend, catalog, answer_key=key, seed=spec.seed,
+                             timeout_s=overrides.timeout_s, max_concurrency=overrides.concurrency)
     store = CallStore(spec.call_store)
     evaluator = DatasetEvaluator(provider, store, data.dataset, spec.scorer.name, spec.scorer.options,
-                                 run_prefix=f"study:{spec.name}/")
+                                 run_prefix=run_prefix(spec))
     return evaluator, store
 
 
+def run_prefix(spec: StudySpec) -> str:
+    """The call store's run ids of a study's calls start with this (``<prefix>trial-N``)."""
+    return f"study:{spec.name}/"
+
+
+def with_store_spend(spec: StudySpec, result: StudyResult) -> StudyResult:
+    """The study's spend as the call store logged it, when that is more than the trials
+    recorded: a worker killed mid-trial records nothing, but its calls were paid."""
+    if not spec.call_store.exists():
+        return result
+    with CallStore(spec.call_store) as store:
+        spend = store.spend(run_id_prefix=run_prefix(spec))
+    calls = spend.paid_calls + spend.possibly_billed_calls
+    return replace(result, spent_usd=max(result.spent_usd, spend.paid_usd),
+                   spent_calls=max(result.spent_calls, calls))
+
+
 async def _run(spec: StudySpec, worker: int, on_trial: Callable[[TrialEvent], None] | None,
-               prepare_only: bool = False) -> StudyResult | None:
+               prepare_only: bool = False, overrides: EndpointOverrides = EndpointOverrides()
+               ) -> StudyResult | None:
     data = study_data(spec)
-    evaluator, store = make_evaluator(spec, data)
+    evaluator, store = make_evaluator(spec, data, overrides=overrides)
     try:
         if prepare_only:
             await prepare_study_async(spec, evaluator, data.dev_ids)
@@ -78,34 +106,37 @@ async def _run(spec: StudySpec, worker: int, on_trial: Callable[[TrialEvent], No
         store.close()
 
 
-def _worker_main(path: str, runs_dir: str | None, worker: int) -> None:
+def _worker_main(path: str, runs_dir: str | None, worker: int,
+                 overrides: EndpointOverrides = EndpointOverrides()) -> None:
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # worker 0 reports progress, not Optuna
     spec = load_study_spec(path, runs_dir=runs_dir)
-    asyncio.run(_run(spec, worker, None))
+    asyncio.run(_run(spec, worker, None, overrides=overrides))
 
 
 def run_study_file(path: str | Path, *, runs_dir: str | Path | None = None, workers: int = 1,
-                   on_trial: Callable[[TrialEvent], None] | None = None) -> StudyResult:
+                   on_trial: Callable[[TrialEvent], None] | None = None,
+                   overrides: EndpointOverrides = EndpointOverrides()) -> StudyResult:
     """Run or resume the study in ``path``. With ``workers > 1``, the study is prepared once
     (baseline measured, presets enqueued) and then N processes share the storage and the call
-    store; this process is worker 0 and reports progress."""
+    store; this process is worker 0 and reports progress. ``overrides`` apply in every worker
+    (each process has its own concurrency slots)."""
     if workers < 1:
         raise ConfigError(f"expected --workers >= 1, got {workers}", field="workers")
     spec = load_study_spec(path, runs_dir=runs_dir)
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     if workers == 1:
-        result = asyncio.run(_run(spec, 0, on_trial))
+        result = asyncio.run(_run(spec, 0, on_trial, overrides=overrides))
         assert result is not None
-        return result
-    asyncio.run(_run(spec, 0, None, prepare_only=True))
+        return with_store_spend(spec, result)
+    asyncio.run(_run(spec, 0, None, prepare_only=True, overrides=overrides))
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_main, args=(str(path), None if runs_dir is None else str(runs_dir), w),
-                         daemon=False) for w in range(1, workers)]
+    procs = [ctx.Process(target=_worker_main, args=(str(path), None if runs_dir is None else str(runs_dir), w,
+                                                    overrides), daemon=False) for w in range(1, workers)]
     for p in procs:
         p.start()
     try:
-        result = asyncio.run(_run(spec, 0, on_trial))
+        result = asyncio.run(_run(spec, 0, on_trial, overrides=overrides))
     finally:
         for p in procs:
             p.join()
@@ -114,12 +145,13 @@ def run_study_file(path: str | Path, *, runs_dir: str | Path | None = None, work
         raise MoASearchError(f"{len(failed)} worker process(es) exited with status {failed}; "
                              f"finished trials are kept, run the same command to resume")
     # re-read: the other workers' trials finished after worker 0's own result was taken
-    return replace(load_result(spec.storage, spec.name), stop_reason=result.stop_reason if result else "")
+    return with_store_spend(spec, replace(load_result(spec.storage, spec.name),
+                                          stop_reason=result.stop_reason if result else ""))
 
 
 def study_result(path: str | Path, *, runs_dir: str | Path | None = None) -> tuple[StudySpec, StudyResult]:
     spec = load_study_spec(path, runs_dir=runs_dir)
-    return spec, load_result(spec.storage, spec.name)
+    return spec, with_store_spend(spec, load_result(spec.storage, spec.name))
 
 
 def trial_preset(spec: StudySpec, result: StudyResult, record: TrialRecord, catalog: Catalog,

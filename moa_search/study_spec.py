@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from .backends import BACKENDS as BACKEND_FACTORIES
 from .catalog import Catalog
 from .config import BUILTIN_PRESETS, MoAConfig
 from .errors import ConfigError
@@ -28,7 +29,7 @@ from .inputs import parse_toml, read_text
 from .scoring import SCORER_ALIASES, SCORERS
 from .space import DEFAULT_ENUMERATION_LIMIT, SearchSpace
 
-BACKENDS = ("sim", "http")
+BACKENDS = tuple(BACKEND_FACTORIES)  # "sim", "http", "local"
 BUILTIN_DATASETS = ("math", "choice", "instruct")
 #: Scorer names (and accepted aliases) the scoring module provides.
 KNOWN_SCORERS: tuple[str, ...] = tuple(SCORERS) + tuple(SCORER_ALIASES)

@@ -71,14 +71,19 @@ async def test_success_text_usage_cost_and_flags(start_server, make_provider) ->
     server = start_server()
     provider = make_provider(server.base_url)
     assert isinstance(provider, Provider)
+    t0 = time.perf_counter()
     c = await provider.complete(request("test/big", temperature=0.3, max_tokens=77, sample_index=5))
+    outside = time.perf_counter() - t0
     assert c.text == "echo test/big#0: hello world"  # stripped; the sample index is not sent
     assert (c.usage.prompt_tokens, c.usage.completion_tokens) == (4, 4)
     assert c.cost_usd == pytest.approx((4 * 3.0 + 4 * 6.0) / 1e6)
     assert c.model == "test/big" and c.finish_reason == "stop" and c.ttft_s is None
     assert c.simulated is True and c.cached is False
     assert c.extra["attempts"] == 1 and c.extra["reported_latency_s"] == pytest.approx(0.05)
-    assert 0 < c.latency_s <= c.extra["wall_s"] < 2
+    # the model's latency is the server's reported time (not ours on the wire); the wall time is
+    # ours, in seconds, inside what the caller measured around the call
+    assert c.latency_s == pytest.approx(0.05) and c.extra["latency_source"] == "x_latency_s"
+    assert 0 < c.extra["wall_s"] <= outside
     [sent] = server.recorded_requests
     assert sent.body == {"model": "test/big", "temperature": 0.3, "max_tokens": 77,
                          "messages": [{"role": "system", "content": "be brief"},
@@ -115,7 +120,9 @@ async def test_retries_429_500_timeout_then_succeeds(start_server, make_provider
     c = await provider.complete(request())
     assert c.text.startswith("echo") and c.extra["attempts"] == 4
     assert server.stats.faults == {"429": 1, "500": 1, "timeout": 1}
-    assert c.latency_s < 0.3 <= c.extra["wall_s"]  # latency is the good attempt; wall includes the hang
+    # latency_s is the good attempt's (or the server's reported 0.05 s), never the wall time,
+    # which also holds the 0.3 s hang: a floor that load can only raise, not a speed bound
+    assert c.extra["wall_s"] - c.latency_s >= 0.25
 
 
 async def test_gives_up_after_max_retries_with_the_last_status(start_server, make_provider) -> None:
@@ -130,29 +137,29 @@ async def test_gives_up_after_max_retries_with_the_last_status(start_server, mak
 
 async def test_persistent_timeout_is_a_provider_error(start_server, make_provider) -> None:
     server = start_server(faults=FaultConfig(rate_timeout=1.0, timeout_hang_s=30))
-    t0 = time.monotonic()
-    with pytest.raises(ProviderError, match=r"timed out after 0\.2s"):
+    with pytest.raises(ProviderError, match=r"failed after 2 attempts: timed out after 0\.2s"):
         await make_provider(server.base_url, timeout_s=0.2, max_retries=1).complete(request())
-    assert time.monotonic() - t0 < 2
+    assert server.stats.requests == 2 and server.stats.completed == 0  # gave up on both hangs
 
 
 @pytest.mark.parametrize("status", ["429", "503"])
-async def test_retry_after_is_honoured(start_server, make_provider, status: str) -> None:
+async def test_retry_after_is_honoured(start_server, make_provider, status: str, caplog) -> None:
+    caplog.set_level(logging.INFO)
     server = start_server(faults=FaultConfig(script=(status,), retry_after_s=0.6))
     provider = make_provider(server.base_url, backoff_base_s=0.001, backoff_max_s=5.0)
     t0 = time.monotonic()
     c = await provider.complete(request())
-    assert time.monotonic() - t0 >= 0.6
+    assert time.monotonic() - t0 >= 0.6  # a floor: the wait asked for, which load only lengthens
     assert c.extra["attempts"] == 2
+    assert "retrying in 0.60s" in caplog.text  # the server's 0.6 s, not the 0.001 s backoff
 
 
 async def test_retry_after_longer_than_backoff_max_fails_fast(start_server, make_provider) -> None:
     server = start_server(faults=FaultConfig(rate_429=1.0, retry_after_s=3600))
-    t0 = time.monotonic()
     with pytest.raises(ProviderError, match="retry after 3600s") as info:
         await make_provider(server.base_url, backoff_max_s=1.0).complete(request())
-    assert info.value.status == 429 and time.monotonic() - t0 < 1
-    assert server.stats.requests == 1
+    assert info.value.status == 429
+    assert server.stats.requests == 1  # refused at once: no retry, no wait
 
 
 def test_parse_retry_after_seconds_and_http_date() -> None:

@@ -142,6 +142,24 @@ def test_pareto_planes_show_front_dominated_and_stopped_points(pareto_study, par
         assert not hlines(fig)  # no target in this study
 
 
+def test_trade_off_line_joins_exactly_the_points_unbeaten_in_its_plane(pareto_study, pareto_page) -> None:
+    """The line is the plane's own 2-D front: every measured point no other point beats on both
+    axes (cheaper or as cheap, and better or as good), and no other point, in x order."""
+    _, result = pareto_study
+    figs = figures(pareto_page)
+    for key, pick in (("fig-pareto-cost", lambda m: m.cost_usd_per_item),
+                      ("fig-pareto-latency", lambda m: m.latency_p50_s)):
+        points = {(pick(r.metrics), r.metrics.quality) for r in result.evaluated}
+        unbeaten = {p for p in points
+                    if not any(q != p and q[0] <= p[0] and q[1] >= p[1] for q in points)}
+        assert 1 < len(unbeaten) < len(points), "the study must have dominated points in this plane"
+        line = trace(figs[key], "best trade-off in this plane")
+        assert line["mode"] == "lines"
+        drawn = list(zip(line["x"], line["y"]))
+        assert sorted(drawn) == sorted(unbeaten)
+        assert line["x"] == sorted(line["x"])
+
+
 def test_simulated_banner_appears_only_for_simulated_studies(pareto_page, tmp_path: Path) -> None:
     assert SIMULATED_BANNER in pareto_page and "(simulated)" in pareto_page
     spec = make_spec(tmp_path, name="real", budget={"trials": 2})

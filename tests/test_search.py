@@ -153,7 +153,28 @@ def _hashes(evaluator: FormulaEvaluator) -> list[str]:
 
 def _counted(result: StudyResult) -> list:
     """Trials that used the trial budget: evaluations (duplicates and skips are free)."""
-    return [r for r in result.trials if r.status in ("complete", "stopped_early", "failed")]
+    return [r for r in result.trials if r.counted]
+
+
+_OBJECTIVE = {"quality": lambda m: m.quality, "cost": lambda m: m.cost_usd_per_item,
+              "latency": lambda m: m.latency_p50_s}
+
+
+def _brute_force_front(result: StudyResult) -> set[str]:
+    """Hashes of the fully measured configs no other one dominates, by definition (every
+    objective at least as good, one strictly better): independent of Optuna's ``best_trials``."""
+    sign = [1.0 if d == "maximize" else -1.0 for d in result.directions]
+    points = {r.config.config_hash: tuple(s * _OBJECTIVE[n](r.metrics)  # type: ignore[union-attr]
+                                          for s, n in zip(sign, result.objective_names))
+              for r in result.evaluated}
+    return {h for h, p in points.items()
+            if not any(q != p and all(a >= b for a, b in zip(q, p)) for q in points.values())}
+
+
+def _assert_front_is_exact(result: StudyResult) -> None:
+    hashes = [r.config.config_hash for r in result.pareto_front]  # type: ignore[union-attr]
+    assert len(hashes) == len(set(hashes)), f"a config is listed twice on the front: {hashes}"
+    assert set(hashes) == _brute_force_front(result)
 
 
 # ---- tests -------------------------------------------------------------------------------------
@@ -184,12 +205,19 @@ def test_duplicate_configs_are_not_re_evaluated(tmp_path: Path) -> None:
     for d in dups:
         original = by_number[d.duplicate_of]  # type: ignore[index]
         assert original.config == d.config and original.metrics == d.metrics
-    # Every config was reached: the loop stops when the space is exhausted, or at the budget.
-    assert {r.config.config_hash for r in result.evaluated} == {c.config_hash for c in spec.space.enumerate_configs()} \
-        or len(_counted(result)) == 12
-    assert all(r.status != "duplicate" or r.metrics.paid_usd >= 0 for r in result.trials)  # type: ignore[union-attr]
+    # The space (4 configs) is exhausted well inside the trial budget (12): every config was
+    # evaluated exactly once, and the loop stopped for that reason, not at the budget.
+    every = {c.config_hash for c in spec.space.enumerate_configs()}
+    assert len(every) == 4 and {r.config.config_hash for r in result.evaluated} == every  # type: ignore[union-attr]
+    assert sorted(_hashes(evaluator)) == sorted(every)
+    assert len(_counted(result)) == 4 and "every config" in result.stop_reason
+    # A repeat pays nothing: the study's spend is exactly what the evaluations paid.
     study = optuna.load_study(study_name="s", storage=spec.storage)
     assert all(t.user_attrs["paid_usd"] == 0 for t in study.trials if t.user_attrs.get("status") == "duplicate")
+    paid_by_evaluations = sum(r.metrics.paid_usd for r in _counted(result))  # type: ignore[union-attr]
+    assert result.spent_usd == pytest.approx(paid_by_evaluations) == pytest.approx(evaluator.paid_total)
+    assert evaluator.paid_total == pytest.approx(sum(cost_per_item(c) for c in spec.space.enumerate_configs())
+                                                 * len(ITEMS))
 
 
 def test_resume_after_interruption_continues_without_repeating_trials(tmp_path: Path) -> None:
@@ -405,6 +433,31 @@ def test_a_target_no_config_meets_is_reported_with_the_best_found(tmp_path: Path
     assert result.pareto_front == ()  # nothing feasible
 
 
+def test_cheapest_meeting_target_honours_the_confidence_asked(tmp_path: Path) -> None:
+    """Just under the cheapest config's quality, that config meets the target at confidence 0.5
+    (mean above it) but not at 0.95 (its lower bound is below): the answers must differ, each
+    the cheapest config whose one-sided Student-t lower bound clears the target."""
+    spec = make_spec(tmp_path, space={"models": ["w-small-1", "w-small-2"], "aggregators": ["w-mid", "w-strong-pricey"],
+                                      "layers": [1, 2], "proposers": [1, 2]},
+                     budget={"trials": 20}, sampler={"name": "grid"})
+    result = run_study(spec, FormulaEvaluator(), ITEMS, cost_estimate=formula_estimate)
+    measured = [r for r in result.evaluated if r.metrics is not None]
+    cheapest = min(measured, key=lambda r: r.metrics.cost_usd_per_item)  # type: ignore[union-attr]
+    assert 0 < cheapest.metrics.quality < 1  # type: ignore[union-attr]
+    target = cheapest.metrics.quality - 0.01  # type: ignore[union-attr]
+    answers = {}
+    for confidence in (0.5, 0.95):
+        meeting = [r for r in measured
+                   if mean_bound(r.metrics.item_values.values(), confidence, upper=False) >= target]  # type: ignore[union-attr]
+        assert meeting, f"no config is {confidence} sure to beat {target}: the test would prove nothing"
+        expected = min(meeting, key=lambda r: r.metrics.cost_usd_per_item)  # type: ignore[union-attr]
+        answer = result.cheapest_meeting_target(target, confidence)
+        assert answer.met and answer.record is not None and answer.record.number == expected.number
+        assert answer.achieved_confidence is not None and answer.achieved_confidence >= confidence
+        answers[confidence] = answer.record.number
+    assert answers[0.5] == cheapest.number != answers[0.95]
+
+
 def test_baseline_target_is_measured_first_and_reused(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, objectives={"mode": "constrained", "target": {"baseline": "w-mid"}},
                      space={"models": ["w-small-1", "w-small-2"], "aggregators": ["w-mid", "w-strong-cheap"],
@@ -425,6 +478,7 @@ def test_pareto_front_is_optunas_and_trials_record_everything(tmp_path: Path) ->
     study = optuna.load_study(study_name="s", storage=spec.storage)
     front_hashes = {t.user_attrs["config_hash"] for t in study.best_trials}
     assert {r.config.config_hash for r in result.pareto_front} == front_hashes  # type: ignore[union-attr]
+    _assert_front_is_exact(result)  # and that set is right by definition, not only Optuna's
     assert result.is_simulated and result.directions == ("maximize", "minimize", "minimize")
     t = next(t for t in study.trials if t.user_attrs.get("status") == "complete")
     attrs = t.user_attrs
@@ -434,6 +488,20 @@ def test_pareto_front_is_optunas_and_trials_record_everything(tmp_path: Path) ->
                 "latency_p50_s", "latency_p95_s", "calls", "cached_calls", "paid_usd", "simulated"):
         assert key in m
     assert t.values == [m["quality"], m["cost_usd_per_item"], m["latency_p50_s"]]
+
+
+def test_pareto_front_lists_each_non_dominated_config_once(tmp_path: Path) -> None:
+    """Repeats of a front config are told to Optuna with the same values, so they are in its
+    ``best_trials`` too; the front must still name each config once, and only undominated ones."""
+    spec = make_spec(tmp_path, space={"models": ["w-small-1", "w-small-2"], "aggregators": ["w-mid", "w-strong-cheap"],
+                                      "layers": [1, 2], "proposers": [1, 2]}, budget={"trials": 40})
+    result = run_study(spec, FormulaEvaluator(), ITEMS, cost_estimate=formula_estimate)
+    front = {r.config.config_hash for r in result.pareto_front}  # type: ignore[union-attr]
+    repeats = [r for r in result.trials if r.status == "duplicate" and r.config.config_hash in front]  # type: ignore[union-attr]
+    assert repeats, "the study must repeat a front config, or this test proves nothing"
+    assert 0 < len(front) < len(result.evaluated)  # some configs are dominated
+    for loaded in (result, load_result(spec.storage, "s")):
+        _assert_front_is_exact(loaded)
 
 
 def test_an_unopenable_storage_names_the_url(tmp_path: Path) -> None:

@@ -217,10 +217,9 @@ def test_unknown_routes_are_openai_style_too(server):
 
 def test_every_proposer_failing_is_a_502_with_the_reason():
     with serving(RecordingProvider(failing_models={LLAMA8, MIX8x7})) as s:
-        started = time.monotonic()
-        with pytest.raises(openai.APIStatusError) as err:
+        with pytest.raises(openai.APIStatusError) as err:  # an answer, not the client's timeout
             client(s).chat.completions.create(**ask())
-    assert err.value.status_code == 502 and time.monotonic() - started < 10
+    assert err.value.status_code == 502
     message = err.value.body["message"]
     assert "every proposer in layer 1 failed" in message and f"injected failure for {LLAMA8}" in message
 
@@ -232,10 +231,11 @@ def test_a_hanging_upstream_times_out_with_504():
             raise AssertionError("not reached")
 
     with serving(Hanging(), timeout_s=0.3) as s:
-        started = time.monotonic()
+        # the server's own 0.3 s timeout answers; waiting out the 30 s hang would have hit the
+        # client's 20 s timeout (openai.APITimeoutError, not an APIStatusError)
         with pytest.raises(openai.APIStatusError) as err:
             client(s).chat.completions.create(**ask())
-    assert err.value.status_code == 504 and time.monotonic() - started < 5
+    assert err.value.status_code == 504
 
 
 def test_call_store_serves_a_repeated_request_from_cache(tmp_path):

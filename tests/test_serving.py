@@ -1,9 +1,14 @@
 import socket
 
+import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from moa_search.errors import MoASearchError
 from moa_search.serving import BodyTooLarge, listen, read_body
+from tests.test_server import ServerThread
 
 
 def test_listening_socket_says_tcp_so_accepted_sockets_get_nodelay():
@@ -31,31 +36,25 @@ def test_busy_port_is_one_clear_error():
 
 
 def test_read_body_refuses_oversized_streams_without_content_length():
-    import httpx
-    from starlette.applications import Starlette
-    from starlette.responses import PlainTextResponse
-    from starlette.routing import Route
-
+    """Over real HTTP on 127.0.0.1: a chunked upload (no Content-Length) is cut off at the limit,
+    and one whose Content-Length declares too much is refused too."""
     async def echo(request):
         try:
             return PlainTextResponse(str(len(await read_body(request, 10))))
         except BodyTooLarge as exc:
             return PlainTextResponse(str(exc), status_code=413)
 
-    app = Starlette(routes=[Route("/", echo, methods=["POST"])])
-
-    async def chunks(n):
+    def chunks(n):
         for _ in range(n):
             yield b"12345"
 
-    async def go():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-            small = await c.post("/", content=chunks(2))
-            big = await c.post("/", content=chunks(3))
-            declared = await c.post("/", content=b"x" * 11)
-        return small, big, declared
-
-    import asyncio
-    small, big, declared = asyncio.run(go())
+    with ServerThread(Starlette(routes=[Route("/", echo, methods=["POST"])])) as server:
+        url = f"http://127.0.0.1:{server.port}/"
+        with httpx.Client(timeout=10) as client:
+            small = client.post(url, content=chunks(2))
+            big = client.post(url, content=chunks(3))
+            declared = client.post(url, content=b"x" * 11)
+    assert "content-length" not in {k.lower() for k in big.request.headers}  # really streamed
+    assert big.request.headers["transfer-encoding"] == "chunked"
     assert small.status_code == 200 and small.text == "10"
     assert big.status_code == 413 and declared.status_code == 413 and "10 bytes" in big.text

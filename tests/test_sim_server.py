@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from typing import Any, Iterator
@@ -18,10 +19,10 @@ from moa_search.sim_server import MAX_BODY_BYTES, FaultConfig, SimServer, create
 
 def small_catalog(base_url: str = "http://127.0.0.1:9/v1", api_key_env: str = "") -> Catalog:
     return Catalog.from_dict({
-        "providers": {"local": {"base_url": base_url, "api_key_env": api_key_env}},
+        "providers": {"loopback": {"base_url": base_url, "api_key_env": api_key_env}},  # "local" is reserved
         "models": {
-            "test/small": {"provider": "local", "input_price": 1.0, "output_price": 2.0},
-            "test/big": {"provider": "local", "input_price": 3.0, "output_price": 6.0},
+            "test/small": {"provider": "loopback", "input_price": 1.0, "output_price": 2.0},
+            "test/big": {"provider": "loopback", "input_price": 3.0, "output_price": 6.0},
         },
     }, source="<test catalog>")
 
@@ -255,10 +256,10 @@ def test_injected_500_and_malformed() -> None:
 
 def test_injected_timeout_hangs_until_the_client_gives_up() -> None:
     with SimServer(EchoProvider(), faults=FaultConfig(rate_timeout=1.0, timeout_hang_s=30)) as s:
-        t0 = time.monotonic()
         with pytest.raises(httpx.ReadTimeout):
             post(s, chat_body(), timeout=0.3)
-        assert 0.3 <= time.monotonic() - t0 < 2.0
+        stats = s.stats  # the client gave up; the server still holds the request, unanswered
+        assert (stats.requests, stats.in_flight, stats.completed, stats.statuses) == (1, 1, 0, {})
 
 
 def test_timeout_hang_ends_with_a_504_when_short() -> None:
@@ -309,12 +310,12 @@ def test_latency_override_and_in_flight_stats() -> None:
             return [r.status_code for r in replies]
 
         t0 = time.monotonic()
-        assert asyncio.run(burst()) == [200] * 5
+        assert asyncio.run(burst()) == [200] * 5  # within the 5 s timeout: not the provider's 10 s
         elapsed = time.monotonic() - t0
         stats = s.stats
-        assert 0.25 <= elapsed < 1.2  # concurrent, not 5 x 0.25 s
+        assert elapsed >= 0.25  # each reply waited the override (a floor: a busy box only adds)
         assert stats.requests == 5 and stats.completed == 5 and stats.in_flight == 0
-        assert stats.max_in_flight == 5
+        assert stats.max_in_flight == 5  # all five slept at once: concurrent, not 5 x 0.25 s
         s.reset_stats()
         assert s.stats.requests == 0 and s.recorded_requests == ()
 
@@ -322,10 +323,11 @@ def test_latency_override_and_in_flight_stats() -> None:
 def test_stop_is_prompt_even_with_a_request_hanging() -> None:
     server = SimServer(EchoProvider(), faults=FaultConfig(rate_timeout=1.0, timeout_hang_s=30)).start()
     errors: list[BaseException] = []
+    replies: list[httpx.Response] = []
 
     def client() -> None:
         try:
-            post(server, chat_body(), timeout=20)
+            replies.append(post(server, chat_body(), timeout=20))
         except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
             errors.append(exc)
 
@@ -335,11 +337,13 @@ def test_stop_is_prompt_even_with_a_request_hanging() -> None:
     while server.stats.in_flight == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert server.stats.in_flight == 1
-    t0 = time.monotonic()
     server.stop()
-    assert time.monotonic() - t0 < 3.0
     thread.join(5)
-    assert not thread.is_alive()
+    assert not thread.is_alive() and not errors, errors
+    # stop() woke the hanging handler, which answered; had it waited for uvicorn's graceful
+    # shutdown window to cancel the handler instead, the client would have got a bare 500
+    [reply] = replies
+    assert reply.status_code == 504 and reply.json()["error"]["code"] == "timeout"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{server.port}/health", timeout=1)
 
@@ -360,14 +364,16 @@ def test_start_twice_is_an_error(server: SimServer) -> None:
 
 
 def test_keep_alive_requests_are_not_delayed_by_nagle(server: SimServer) -> None:
-    """Regression: without TCP_NODELAY on accepted sockets every keep-alive reply took ~40 ms."""
+    """Regression: without TCP_NODELAY on accepted sockets every keep-alive reply waited ~40 ms
+    for the client's delayed ACK. The delay itself is measured in benchmarks/serve_load.py (a
+    clock bound here would flake on a busy machine); this checks the option on the server's
+    side of a live keep-alive connection (white-box: uvicorn's connection set)."""
     with httpx.Client(timeout=5) as client:
-        times = []
-        for _ in range(9):
-            t0 = time.perf_counter()
-            client.get(f"{server.base_url}/models")
-            times.append(time.perf_counter() - t0)
-    assert sorted(times)[4] < 0.03
+        for _ in range(2):
+            assert client.get(f"{server.base_url}/models").status_code == 200
+        connections = list(server._server.server_state.connections)  # type: ignore[union-attr]  # noqa: SLF001
+        sockets = [c.transport.get_extra_info("socket") for c in connections]
+        assert sockets and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets)
 
 
 async def test_serves_the_simulated_world_identically_over_http() -> None:

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import time
+from typing import Any, Coroutine
 
 import numpy as np
 import pytest
@@ -161,9 +162,21 @@ async def test_sleep_waits_the_scaled_latency() -> None:
     c = await sleeper.complete(request())
     waited = time.perf_counter() - start
     assert waited >= 0.02 * c.latency_s * 0.95 and 0.02 * c.latency_s > 0.05
-    start = time.perf_counter()
-    await SimulatedProvider(CATALOG).complete(request(sample_index=3))
-    assert time.perf_counter() - start < 0.02 * c.latency_s
+    # Without sleep=True the answer comes in one step: the coroutine never suspends (checked
+    # by driving it by hand, not by a clock bound a busy machine could break); the sleeper does.
+    assert _completes_without_suspending(SimulatedProvider(CATALOG).complete(request(sample_index=3)))
+    assert not _completes_without_suspending(sleeper.complete(request(sample_index=3)))
+
+
+def _completes_without_suspending(coroutine: Coroutine[Any, Any, Any]) -> bool:
+    """Run ``coroutine`` one step: True if it returned without giving control back to the event
+    loop (no sleep, no I/O); else it is closed (which cancels its pending sleep)."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return True
+    coroutine.close()
+    return False
 
 
 async def test_small_max_tokens_truncates_the_same_answer() -> None:

@@ -5,6 +5,7 @@ client. Offline, on the simulated world; servers on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import shlex
 import socket
 import subprocess
 import sys
@@ -16,9 +17,9 @@ import openai
 import pytest
 
 from moa_search.cli import main
-from moa_search.config import MoAConfig
 from moa_search.exporters.archon import from_archon
 from moa_search.preset import load_preset
+from moa_search.store import CallStore
 
 STUDY = """
 [study]
@@ -118,12 +119,22 @@ def test_export_every_format_and_serve_the_preset(study, tmp_path, capsys):
     for fmt, suffix in (("archon", ".archon.json"), ("moa-reference", ".sh"), ("standalone", ".py")):
         code, out, err = cli(capsys, "study", "export", str(study), "--runs-dir", runs, "--trial", str(trial),
                              "--format", fmt, "--out", str(out_dir))
-        if fmt == "moa-reference" and code != 0:
-            assert "cannot" in err or "not" in err  # e.g. a single model or mixed settings: refused with a reason
-            continue
+        # every config of this space is expressible in every format (Together-served models,
+        # distinct proposers, one proposer layer at most, default sampling): no refusal is right
         assert code == 0, err
         exported = out_dir / f"tiny-trial-{trial}{suffix}"
         assert exported.exists()
+        if fmt == "moa-reference":
+            script = exported.read_text()
+            command = shlex.split(script.replace("\\\n", " ").splitlines()[-1])
+            flags = dict(zip(command[2::2], command[3::2]))
+            assert command[:2] == ["python", "generate_for_alpaca_eval.py"]
+            assert flags["--model"] == best.config.aggregator.model
+            if best.config.proposer_layers:
+                assert flags["--reference-models"].split(",") == [a.model for a in best.config.proposer_layers[0]]
+                assert flags["--rounds"] == str(len(best.config.proposer_layers))  # layers - 1
+            else:
+                assert "--reference-models" not in flags
         if fmt == "archon":
             back = from_archon(json.loads(exported.read_text()), source=str(exported))
             assert back == best.config and back.config_hash == best.config_hash
@@ -154,4 +165,10 @@ def test_export_every_format_and_serve_the_preset(study, tmp_path, capsys):
     assert reply.choices[0].message.content
     assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
     assert float(raw.headers["x-moa-cost-usd"]) > 0 and raw.headers["x-moa-simulated"] == "true"
-    assert isinstance(best.config, MoAConfig) and calls_per_item >= 1
+    # the server ran the exported preset's config, every agent once, all paid into its own store
+    assert raw.headers["x-moa-config-hash"] == best.config_hash
+    assert (raw.headers["x-moa-calls"], raw.headers["x-moa-cached-calls"]) == (str(calls_per_item), "0")
+    with CallStore(tmp_path / "serve.db") as store:
+        spend = store.spend()
+    assert (spend.calls, spend.cached_calls, spend.failed_calls) == (calls_per_item, 0, 0)
+    assert spend.paid_usd == pytest.approx(float(raw.headers["x-moa-cost-usd"]), rel=1e-6)

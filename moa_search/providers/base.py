@@ -14,6 +14,11 @@ from ..errors import MoASearchError
 
 Role = Literal["proposer", "aggregator", "judge"]
 
+MAX_BYTES_PER_TOKEN = 6
+"""Common chat tokenizers (GPT-4's, Llama 3's, SmolLM2's BPE) average 3-5 UTF-8 bytes per token
+on prose and code, and CJK text takes about one token per 3-byte character; 6 leaves a margin.
+Only text made of long runs of one character packs more bytes into a token."""
+
 
 @dataclass(frozen=True)
 class Message:
@@ -44,6 +49,16 @@ class ChatRequest:
             raise MoASearchError("a chat request needs at least one message")
         if not any(m.role == "user" and m.content.strip() for m in self.messages):
             raise MoASearchError("empty prompt: a chat request needs a non-empty user message")
+
+    def min_prompt_tokens(self) -> int:
+        """A lower bound on the prompt's tokens: its UTF-8 bytes / ``MAX_BYTES_PER_TOKEN``.
+
+        A bound rather than a guess, so the context-window check refuses only requests that
+        certainly do not fit and never a request the server would have taken; the server's own
+        check (an HTTP 400) still catches the rest.
+        """
+        size = sum(len(m.content.encode("utf-8")) for m in self.messages)
+        return -(-size // MAX_BYTES_PER_TOKEN)
 
     def messages_as_dicts(self) -> list[dict[str, str]]:
         return [m.to_dict() for m in self.messages]
@@ -76,10 +91,24 @@ class Usage:
 class Completion:
     """A provider's answer.
 
-    ``latency_s`` is the end-to-end time of the call as the provider measured it (for the
-    simulated world: simulated seconds, not slept unless asked). ``cached`` is set by the call
-    store on a hit: the call was free and instant, while ``cost_usd`` and ``latency_s`` keep the
-    values of the original call so a config's cost and latency do not depend on cache state.
+    Two times, because they answer different questions:
+
+    * ``latency_s`` is how long the *model* took to answer: the time the server reports for the
+      request when the reply carries one (llama.cpp's ``timings``, OpenAI's processing-time
+      header, the sim-server's ``x_latency_s``), else the time from sending the request to having
+      the response body, for the attempt that succeeded, not counting the wait for a concurrency
+      slot or a rate limiter (for the simulated world: simulated seconds). This is what the
+      latency objective and every "critical path" figure use, so a config's latency does not
+      depend on how many other calls we had in flight, on transient faults, or on cache state.
+    * ``wall_s`` is what the caller waited: from asking to having the answer, including queueing
+      for a slot, rate limiting and retries. None when not measured (the simulated world, the
+      store).
+
+    ``reply_model`` is the model name the reply carried when it differs from the one requested
+    (a server that answers with its default model, a provider that resolves an alias); None
+    when they agree or the reply names none. ``cached`` is set by the call store on a hit: the
+    call was free and instant, while ``cost_usd`` and ``latency_s`` keep the values of the
+    original call.
     """
 
     text: str
@@ -92,6 +121,8 @@ class Completion:
     simulated: bool = False
     cached: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    wall_s: float | None = field(default=None, compare=False)
+    reply_model: str | None = None
 
     @property
     def paid_usd(self) -> float:
@@ -116,6 +147,10 @@ class AuthError(ProviderError):
 
 class MalformedReplyError(ProviderError):
     """The endpoint answered, but not with a chat completion we can account for."""
+
+
+class ContextWindowError(ProviderError):
+    """The request cannot fit the model's context window: refused before anything is sent."""
 
 
 @runtime_checkable

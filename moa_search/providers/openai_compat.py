@@ -9,9 +9,16 @@ Why it looks like this:
   because repeating a bad request only spends quota.
 * Concurrency is bounded per endpoint (a semaphore held only while a request is on the wire, not
   while backing off) and optional RPM / TPM limits use aiolimiter leaky buckets, so a large MoA
-  fan-out does not trip the provider's own rate limiter.
-* The API key is read from the environment at call time, sent only as a per-request header and
-  scrubbed from any server message we quote: it never reaches a log line, exception or repr.
+  fan-out does not trip the provider's own rate limiter. Concurrency and the request timeout
+  come, per endpoint, from the constructor (``--concurrency``, ``--timeout``), else the catalog,
+  else ``DEFAULT_CONCURRENCY`` / ``DEFAULT_TIMEOUT_S``.
+* The catalog's ``max_tokens`` and ``context_window`` are applied before sending
+  (``providers.limits``); a request that cannot fit is refused, not sent.
+* Latency is the server's own time when the reply carries it (``SERVER_LATENCY``), else the time
+  on the wire; never the wait for a slot (see ``Completion``).
+* The API key is read from the environment at call time, sent only as a per-request header, and
+  every key the catalog names is masked (``keys.scrub``) in every text taken from a reply —
+  status line, error body, answer — so it never reaches a log line, exception, store or repr.
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ import email.utils
 import logging
 import math
 import os
-import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,9 +38,11 @@ from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base, wait_random_exponential
 
-from ..catalog import Catalog, ModelInfo
+from ..catalog import Catalog, Endpoint, ModelInfo
 from ..errors import ConfigError
+from ..keys import remember, scrub, scrub_content
 from .base import AuthError, ChatRequest, Completion, MalformedReplyError, ProviderError, Usage
+from .limits import fit_request
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,11 @@ MALFORMED_JSON_RETRIES = 2
 """Unparseable bodies are usually a proxy hiccup: retry them this many times, no more."""
 
 _MAX_SERVER_MESSAGE = 300
+
+DEFAULT_TIMEOUT_S = 120.0
+"""Per HTTP request, when neither the caller nor the catalog sets one."""
+DEFAULT_CONCURRENCY = 16
+"""Requests in flight per endpoint, when neither the caller nor the catalog sets a number."""
 
 
 class _Transient(Exception):
@@ -123,16 +136,46 @@ def server_message(response: httpx.Response, *, secret: str | None = None) -> st
             text = data["detail"]
         elif isinstance(data.get("message"), str):
             text = data["message"]
-    return scrub(" ".join(text.split()), secret)[:_MAX_SERVER_MESSAGE] or response.reason_phrase
+    return scrub(" ".join(text.split()) or response.reason_phrase, secret)[:_MAX_SERVER_MESSAGE]
 
 
-def scrub(text: str, secret: str | None) -> str:
-    """Mask a secret anywhere in ``text`` (servers sometimes echo the key they rejected)."""
-    if secret:
-        text = text.replace(secret, "***")
-        if len(secret) >= 8:  # masked echoes like "sk-...abcd" / "sk-****abcd" still leak the tail
-            text = re.sub(r"(?<![A-Za-z0-9])" + re.escape(secret[-4:]) + r"(?![A-Za-z0-9])", "***", text)
-    return text
+def _x_latency(data: Any, headers: httpx.Headers) -> float | None:
+    value = data.get("x_latency_s")  # moa-search sim-server
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _llama_cpp_timings(data: Any, headers: httpx.Headers) -> float | None:
+    timings = data.get("timings")  # llama.cpp's C++ server: prompt and generation milliseconds
+    if not isinstance(timings, dict):
+        return None
+    parts = [timings.get("prompt_ms"), timings.get("predicted_ms")]
+    if not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in parts):
+        return None
+    return (parts[0] + parts[1]) / 1000.0
+
+
+def _processing_ms_header(data: Any, headers: httpx.Headers) -> float | None:
+    try:  # OpenAI (and Azure OpenAI) report the server's processing time as a header
+        return float(headers["openai-processing-ms"]) / 1000.0
+    except (KeyError, ValueError):
+        return None
+
+
+SERVER_LATENCY = {"x_latency_s": _x_latency, "timings": _llama_cpp_timings,
+                  "openai-processing-ms": _processing_ms_header}
+"""Where a reply may carry the server's own time to answer, by name; the first that does wins.
+llama-cpp-python's server sends none of these: its latency is then measured on the wire."""
+
+
+def server_latency(data: Any, headers: httpx.Headers) -> tuple[float, str] | None:
+    """(seconds, source name) of the server-reported time to answer, or None."""
+    if not isinstance(data, dict):
+        return None
+    for name, read in SERVER_LATENCY.items():
+        seconds = read(data, headers)
+        if seconds is not None and math.isfinite(seconds) and seconds >= 0:
+            return seconds, name
+    return None
 
 
 def parse_chat_reply(data: Any, *, endpoint: str, model: str) -> tuple[str, Usage, str, dict[str, Any]]:
@@ -144,7 +187,8 @@ def parse_chat_reply(data: Any, *, endpoint: str, model: str) -> tuple[str, Usag
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         error = data.get("error")  # some proxies wrap errors in a 200
         detail = error.get("message") if isinstance(error, dict) else error
-        said = f" (the server said: {' '.join(detail.split())[:_MAX_SERVER_MESSAGE]})" if isinstance(detail, str) else ""
+        said = (f" (the server said: {scrub(' '.join(detail.split()))[:_MAX_SERVER_MESSAGE]})"
+                if isinstance(detail, str) else "")
         raise MalformedReplyError(f"{where} has no choices{said}", endpoint=endpoint)
     message = choices[0].get("message")
     content = message.get("content") if isinstance(message, dict) else None
@@ -161,52 +205,71 @@ def parse_chat_reply(data: Any, *, endpoint: str, model: str) -> tuple[str, Usag
         counts.append(value)
     finish = choices[0].get("finish_reason")
     extras = {k: v for k, v in data.items() if k.startswith("x_")}
-    return content, Usage(counts[0], counts[1]), finish if isinstance(finish, str) else "unknown", extras
+    return (scrub_content(content), Usage(counts[0], counts[1]),
+            scrub(finish) if isinstance(finish, str) else "unknown", extras)
 
 
 class OpenAICompatProvider:
     """Implements ``Provider`` for OpenAI-compatible endpoints named in a ``Catalog``.
 
-    ``max_retries`` counts retries after the first attempt. ``latency_s`` of a completion is
-    the wall time of the attempt that succeeded (the model's latency), so a config's latency does
-    not depend on our own queueing or on transient faults; the whole wall time including
-    queueing and retries is in ``extra["wall_s"]``. ``send_sample_index`` adds the non-standard
-    ``x_sample_index`` field, understood by the sim-server only (real APIs reject unknown fields).
+    ``max_retries`` counts retries after the first attempt. ``timeout_s`` and
+    ``max_concurrency_per_endpoint``, when given, override the catalog's per-endpoint
+    ``timeout_s`` / ``concurrency`` for every endpoint. ``latency_s`` of a completion is the
+    server's reported time or else the on-the-wire time of the attempt that succeeded; the wall
+    time including queueing and retries is ``wall_s`` (see ``Completion``).
+    ``send_sample_index`` adds the non-standard ``x_sample_index`` field, understood by the
+    sim-server only (real APIs reject unknown fields).
+    ``send_seed`` sends the sample index as the request's ``seed`` (llama.cpp's server reseeds its
+    sampler per request), so repeated samples of one model differ, and each is reproducible.
     """
 
-    def __init__(self, catalog: Catalog, *, timeout_s: float = 120.0, max_retries: int = 6,
+    def __init__(self, catalog: Catalog, *, timeout_s: float | None = None, max_retries: int = 6,
                  backoff_base_s: float = 1.0, backoff_max_s: float = 60.0,
-                 max_concurrency_per_endpoint: int = 16, requests_per_minute: float | None = None,
+                 max_concurrency_per_endpoint: int | None = None, requests_per_minute: float | None = None,
                  tokens_per_minute: float | None = None, env: Mapping[str, str] | None = None,
-                 send_sample_index: bool = False):
+                 send_sample_index: bool = False, send_seed: bool = False):
         for name, value in (("timeout_s", timeout_s), ("backoff_base_s", backoff_base_s),
                             ("backoff_max_s", backoff_max_s)):
-            if not value > 0:
+            if value is not None and not value > 0:
                 raise ConfigError(f"must be > 0, got {value!r}", field=name)
         if max_retries < 0:
             raise ConfigError(f"must be >= 0, got {max_retries!r}", field="max_retries")
-        if max_concurrency_per_endpoint < 1:
+        if max_concurrency_per_endpoint is not None and max_concurrency_per_endpoint < 1:
             raise ConfigError(f"must be >= 1, got {max_concurrency_per_endpoint!r}",
                               field="max_concurrency_per_endpoint")
         for name, rate in (("requests_per_minute", requests_per_minute), ("tokens_per_minute", tokens_per_minute)):
             if rate is not None and not rate > 0:
                 raise ConfigError(f"must be > 0, got {rate!r}", field=name)
         self.catalog = catalog
-        self.timeout_s = float(timeout_s)
+        self.timeout_s = None if timeout_s is None else float(timeout_s)
         self.max_retries = int(max_retries)
         self.backoff_base_s = float(backoff_base_s)
         self.backoff_max_s = float(backoff_max_s)
-        self.max_concurrency_per_endpoint = int(max_concurrency_per_endpoint)
+        self.max_concurrency_per_endpoint = max_concurrency_per_endpoint
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
         self.send_sample_index = send_sample_index
+        self.send_seed = send_seed
         self._env = env
         self._client: httpx.AsyncClient | None = None
         self._limits: dict[str, _EndpointLimits] = {}
+        self._mismatches_told: set[tuple[str, str, str]] = set()
+        for endpoint in {m.endpoint for m in catalog.models.values()}:
+            # known before the first call, so even a reply to another endpoint cannot echo it
+            remember(self._environ().get(endpoint.api_key_env) if endpoint.api_key_env else None)
 
     def __repr__(self) -> str:
         return (f"OpenAICompatProvider(endpoints={sorted({m.endpoint.base_url for m in self.catalog.models.values()})}, "
-                f"max_retries={self.max_retries}, timeout_s={self.timeout_s:g})")
+                f"max_retries={self.max_retries}, timeout_s={self.timeout_s})")
+
+    def timeout_for(self, endpoint: Endpoint) -> float:
+        """Seconds per HTTP request to ``endpoint``: the caller's, else the catalog's, else the default."""
+        return next(t for t in (self.timeout_s, endpoint.timeout_s, DEFAULT_TIMEOUT_S) if t is not None)
+
+    def concurrency_for(self, endpoint: Endpoint) -> int:
+        """Requests in flight to ``endpoint``: the caller's, else the catalog's, else the default."""
+        return next(int(c) for c in (self.max_concurrency_per_endpoint, endpoint.concurrency,
+                                     DEFAULT_CONCURRENCY) if c is not None)
 
     def endpoint_identity(self, model: str) -> str:
         return self.catalog.get(model).endpoint.base_url
@@ -220,6 +283,7 @@ class OpenAICompatProvider:
 
     async def complete(self, request: ChatRequest) -> Completion:
         info = self.catalog.get(request.model)
+        request = fit_request(info, request)  # as Runner.call did; here for direct callers
         base_url = info.endpoint.base_url
         key = self._api_key(info)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -227,7 +291,9 @@ class OpenAICompatProvider:
                                 "temperature": request.temperature, "max_tokens": request.max_tokens}
         if self.send_sample_index:
             body["x_sample_index"] = request.sample_index
-        limits = self._endpoint_limits(base_url)
+        if self.send_seed:
+            body["seed"] = request.sample_index
+        limits = self._endpoint_limits(info.endpoint)
         tokens = estimate_prompt_tokens(request) + request.max_tokens
         malformed_seen = 0
 
@@ -255,31 +321,55 @@ class OpenAICompatProvider:
                     retry=retry_if_exception(should_retry), before_sleep=before_sleep, reraise=True):
                 with attempt:
                     attempts += 1
-                    data, latency = await self._attempt(base_url, body, headers, key, limits, tokens)
+                    data, on_wire_s, reported = await self._attempt(info.endpoint, body, headers, key,
+                                                                    limits, tokens)
         except _Transient as exc:
             raise self._final_error(exc, base_url, request.model, attempts) from None
+        return self._completion(info, request, data, on_wire_s, reported,
+                                {"attempts": attempts, "wall_s": time.perf_counter() - started})
+
+    def _completion(self, info: ModelInfo, request: ChatRequest, data: Any, on_wire_s: float,
+                    reported: tuple[float, str] | None, extra: dict[str, Any]) -> Completion:
+        """The reply as a ``Completion``: cost from reported usage, the model's latency, the
+        model the reply names (told once per endpoint and pair when it is not the one asked for)."""
+        base_url = info.endpoint.base_url
         text, usage, finish, extras = parse_chat_reply(data, endpoint=base_url, model=request.model)
-        extra: dict[str, Any] = {"attempts": attempts, "wall_s": time.perf_counter() - started}
-        if isinstance(extras.get("x_latency_s"), (int, float)):
-            extra["reported_latency_s"] = float(extras["x_latency_s"])
+        if reported is not None:
+            extra["reported_latency_s"], extra["latency_source"] = reported
+        else:
+            extra["latency_source"] = "on-the-wire"
+        said = data.get("model")
+        reply_model = scrub(said) if isinstance(said, str) and said and said != request.model else None
+        if reply_model is not None and (base_url, request.model, reply_model) not in self._mismatches_told:
+            self._mismatches_told.add((base_url, request.model, reply_model))
+            log.warning("warning: %s answered a request for model %r as model %r; the numbers are "
+                        "recorded under %r (is the model loaded there under this name?)",
+                        base_url, request.model, reply_model, request.model)
         return Completion(text=text.strip(), model=request.model, usage=usage,
                           cost_usd=info.cost(usage.prompt_tokens, usage.completion_tokens),
-                          latency_s=latency, ttft_s=None, finish_reason=finish,
-                          simulated=extras.get("x_simulated") is True, extra=extra)
+                          latency_s=on_wire_s if reported is None else reported[0], ttft_s=None,
+                          finish_reason=finish, simulated=extras.get("x_simulated") is True,
+                          extra=extra, wall_s=extra["wall_s"], reply_model=reply_model)
 
-    async def _attempt(self, base_url: str, body: dict[str, Any], headers: dict[str, str], key: str | None,
-                       limits: _EndpointLimits, tokens: float) -> tuple[Any, float]:
-        """One HTTP exchange: throttled, timed, and classified into success / retry / final error."""
+    async def _attempt(self, endpoint: Endpoint, body: dict[str, Any], headers: dict[str, str], key: str | None,
+                       limits: _EndpointLimits, tokens: float) -> tuple[Any, float, tuple[float, str] | None]:
+        """One HTTP exchange: throttled, timed, and classified into success / retry / final error.
+
+        Returns the reply, the seconds from sending to having the body (the slot wait excluded),
+        and the server's own time when the reply reports it."""
+        base_url, timeout_s = endpoint.base_url, self.timeout_for(endpoint)
         if limits.requests is not None:
             await limits.requests.acquire()
         if limits.tokens is not None:
             await _acquire(limits.tokens, tokens)
+        client = self._http()  # built on first use (an SSL context: slow), not timed as the model's
         async with limits.semaphore:
             t0 = time.perf_counter()
             try:
-                response = await self._http().post(f"{base_url}/chat/completions", json=body, headers=headers)
+                response = await client.post(f"{base_url}/chat/completions", json=body, headers=headers,
+                                             timeout=timeout_s)
             except httpx.TimeoutException:
-                raise _Transient(f"timed out after {self.timeout_s:g}s", kind="timeout") from None
+                raise _Transient(f"timed out after {timeout_s:g}s", kind="timeout") from None
             except httpx.ConnectError as exc:
                 raise _Transient(f"connection failed: {scrub(str(exc), key) or type(exc).__name__}",
                                  kind="connect") from None
@@ -289,9 +379,10 @@ class OpenAICompatProvider:
         status = response.status_code
         if 200 <= status < 300:
             try:
-                return response.json(), latency
+                data = response.json()
             except ValueError:
                 raise _Transient("reply is not valid JSON", status=200, kind="malformed_json") from None
+            return data, latency, server_latency(data, response.headers)
         message = server_message(response, secret=key)
         if status in (408, 429) or status >= 500:
             retry_after = parse_retry_after(response.headers.get("retry-after")) if status in (429, 503) else None
@@ -319,35 +410,38 @@ class OpenAICompatProvider:
 
     # ---- shared resources ----------------------------------------------------------------
 
+    def _environ(self) -> Mapping[str, str]:
+        return self._env if self._env is not None else os.environ
+
     def _api_key(self, info: ModelInfo) -> str | None:
         name = info.endpoint.api_key_env
         if not name:
             return None
-        env = self._env if self._env is not None else os.environ
-        key = env.get(name)
+        key = self._environ().get(name)
         if not key:
             raise AuthError(f"environment variable {name} is not set (needed for model {info.id!r})",
                             endpoint=info.endpoint.base_url)
+        remember(key)
         return key
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            # Concurrency is bounded per endpoint by our semaphores, so the pool itself is not.
+            # Concurrency is bounded per endpoint by our semaphores, so the pool itself is not;
+            # the timeout is set per request, per endpoint (``timeout_for``).
+            keepalive = max([20] + [self.concurrency_for(m.endpoint) for m in self.catalog.models.values()])
             self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout_s),
-                limits=httpx.Limits(max_connections=None,
-                                    max_keepalive_connections=max(20, self.max_concurrency_per_endpoint)),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=keepalive),
                 headers={"Content-Type": "application/json"},
             )
         return self._client
 
-    def _endpoint_limits(self, base_url: str) -> _EndpointLimits:
-        limits = self._limits.get(base_url)
+    def _endpoint_limits(self, endpoint: Endpoint) -> _EndpointLimits:
+        limits = self._limits.get(endpoint.base_url)
         if limits is None:
             requests = _per_second_bucket(self.requests_per_minute)
             tokens = _per_second_bucket(self.tokens_per_minute)
-            limits = _EndpointLimits(asyncio.Semaphore(self.max_concurrency_per_endpoint), requests, tokens)
-            self._limits[base_url] = limits
+            limits = _EndpointLimits(asyncio.Semaphore(self.concurrency_for(endpoint)), requests, tokens)
+            self._limits[endpoint.base_url] = limits
         return limits
 
 

@@ -20,7 +20,7 @@ converged, and the study stops.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -62,20 +62,50 @@ def price_estimate(catalog: Catalog, *, prompt_tokens: int = 300,
     return estimate
 
 
+@runtime_checkable
+class PaidLedger(Protocol):
+    """Where an evaluator records what it paid (the call store): the truth for budgets.
+
+    Trials record their own spend, but a worker killed mid-trial records nothing, though the
+    calls it made were paid (and the ones in flight possibly billed). An evaluator that has a
+    ledger reports its total, and the budget counts the larger of the two."""
+
+    def paid(self) -> tuple[float, int]:
+        """($ paid, calls paid or possibly billed) by this study so far, every process included."""
+        ...
+
+
+def _reserved(trials: Sequence[FrozenTrial], exclude: int | None = None) -> tuple[float, int]:
+    """What running trials (other workers) hold back from the budget."""
+    usd, calls = 0.0, 0
+    for t in trials:
+        if t.state == TrialState.RUNNING and t.number != exclude:
+            r_usd, r_calls = t.user_attrs.get("reserved", (0.0, 0))
+            usd += float(r_usd)
+            calls += int(r_calls)
+    return usd, calls
+
+
+def spent_with_ledger(trials: Sequence[FrozenTrial], baseline: Mapping[str, Any] | None,
+                      ledger: PaidLedger | None, exclude: int | None = None) -> tuple[float, int]:
+    """``_spent``, raised to the ledger's total plus the running reservations when that is more
+    (conservative: a running trial's calls so far count in both)."""
+    usd, calls = _spent(trials, baseline, exclude)
+    if ledger is None:
+        return usd, calls
+    r_usd, r_calls = _reserved(trials, exclude)
+    l_usd, l_calls = ledger.paid()
+    return max(usd, l_usd + r_usd), max(calls, l_calls + r_calls)
+
 
 def _spent(trials: Sequence[FrozenTrial], baseline: Mapping[str, Any] | None,
            exclude: int | None = None) -> tuple[float, int]:
     """Spend recorded in the storage; running trials (other workers) count their reservation."""
-    usd = 0.0
-    calls = 0
+    usd, calls = _reserved(trials, exclude)
     for t in trials:
         if t.number == exclude:
             continue
-        if t.state == TrialState.RUNNING:
-            r_usd, r_calls = t.user_attrs.get("reserved", (0.0, 0))
-            usd += float(r_usd)
-            calls += int(r_calls)
-        elif t.state.is_finished():
+        if t.state.is_finished():
             usd += float(t.user_attrs.get("paid_usd", 0.0))
             calls += int(t.user_attrs.get("paid_calls", 0))
     if baseline:

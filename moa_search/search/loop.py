@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..config import MoAConfig
 from ..stats import mean_bound
 from ..study_spec import StudySpec
-from .budget import _spent, agent_calls_per_item, price_estimate
+from .budget import PaidLedger, agent_calls_per_item, price_estimate, spent_with_ledger
 from .cost_order import CheapestFirstSampler, CostEstimate
 from .fidelity import early_stop_reason, merge_metrics
 from .prepare import prepare_study_async
@@ -29,7 +29,7 @@ from .records import (_WITH_METRICS, Evaluator, StudyResult, TrialEvent, TrialMe
                       _counted, _objective_values, _record)
 from .results import load_result
 from .samplers import build_sampler
-from .storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_storage
+from .storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_storage, worker_id, worker_is_gone
 
 _BUDGET_SKIPS_BEFORE_STOP = 5
 _DUP_POLL_S = 0.2
@@ -80,7 +80,9 @@ class _Loop:
         return self._target
 
     def spent(self, exclude: int | None = None, trials: Sequence[FrozenTrial] | None = None) -> tuple[float, int]:
-        return _spent(self.trials() if trials is None else trials, self._baseline, exclude)
+        ledger = self.evaluator if isinstance(self.evaluator, PaidLedger) else None
+        return spent_with_ledger(self.trials() if trials is None else trials, self._baseline, ledger,
+                                 exclude)
 
     # -- estimates --
 
@@ -118,7 +120,7 @@ class _Loop:
     def check_can_ask(self) -> None:
         trials = self.trials()
         b = self.spec.budget
-        usd, calls = _spent(trials, self.baseline())
+        usd, calls = self.spent(trials=trials)
         if b.usd is not None and usd >= b.usd:
             raise _Stop(f"USD budget spent (${usd:.4f} of ${b.usd})")
         if b.calls is not None and calls >= b.calls:
@@ -163,6 +165,10 @@ class _Loop:
                 raise _Stop(reason)
         with _quiet():
             trial = self.study.ask()
+        # Stamped at once, with a first heartbeat: a worker killed from here on leaves a trial
+        # that ``fail_orphans`` (this host) or the heartbeat check (any host) will fail.
+        self.set_attrs(trial, {"worker": worker_id()})
+        self.storage.record_heartbeat(trial._trial_id)
         trials = self.trials()
         before = sum(1 for t in trials if t.number < trial.number and _counted(t))
         if before >= self.spec.budget.trials:
@@ -321,10 +327,36 @@ class _Loop:
         if self.on_trial is None:
             return
         trials = self.trials()
-        usd, calls = _spent(trials, self.baseline())
+        usd, calls = self.spent(trials=trials)
         b = self.spec.budget
         self.on_trial(TrialEvent(record, usd, calls, sum(1 for t in trials if t.state.is_finished() and _counted(t)),
                                  b.usd, b.calls, b.trials))
+
+
+def fail_orphans(study: optuna.Study, storage: optuna.storages.RDBStorage) -> list[int]:
+    """Fail the RUNNING trials whose worker process on this host is gone, and queue their
+    configs again at once; return their numbers.
+
+    A worker killed with -9 leaves its trial RUNNING. Optuna fails it only once its heartbeat is
+    older than the grace period, and never when it was killed before its first heartbeat; so
+    trials are stamped with their worker (``storage.worker_id``), and a dead pid settles it now.
+    Setting the state is atomic, so of several processes that find one orphan, one re-queues it."""
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        if not worker or not worker_is_gone(worker):
+            continue
+        try:
+            storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
+            storage.set_trial_user_attr(t._trial_id, "error", f"its worker {worker} is gone (killed)")
+            if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process settled it first
+        if t.params:
+            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+        failed.append(t.number)
+    return failed
 
 
 def _derived_seed(spec: StudySpec, worker: int, n_existing: int) -> int:
@@ -354,6 +386,7 @@ async def run_study_async(spec: StudySpec, evaluator: Evaluator, item_ids: Seque
     while not stop_reason:
         with _quiet():
             optuna.storages.fail_stale_trials(study)
+        fail_orphans(study, storage)
         try:
             await loop.run_one()
         except _Stop as stop:

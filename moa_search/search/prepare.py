@@ -15,7 +15,7 @@ from ..study_spec import StudySpec
 from .budget import price_estimate
 from .cost_order import CostEstimate
 from .records import Evaluator
-from .storage import open_study
+from .storage import creation_lock, open_storage, open_study
 
 
 def _items_digest(item_ids: Sequence[str]) -> str:
@@ -36,6 +36,15 @@ async def prepare_study_async(spec: StudySpec, evaluator: Evaluator, item_ids: S
         raise ConfigError("no items to evaluate on", source=spec.source, field="data")
     if len(set(item_ids)) != len(item_ids):
         raise ConfigError("item ids must be unique", source=spec.source, field="data")
+    if storage is None:
+        storage = open_storage(spec.storage, source=spec.source)  # takes the lock itself
+    with creation_lock(spec.storage):  # processes starting together set the study up once
+        return await _prepare(spec, evaluator, item_ids, storage, cost_estimate)
+
+
+async def _prepare(spec: StudySpec, evaluator: Evaluator, item_ids: Sequence[str],
+                   storage: optuna.storages.BaseStorage,
+                   cost_estimate: CostEstimate | None) -> optuna.Study:
     study = open_study(spec, storage=storage)
     attrs = study.user_attrs
     digest = _items_digest(item_ids)

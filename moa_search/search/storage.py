@@ -8,13 +8,23 @@ WAITING, both write RUNNING, both run the trial, and the second ``tell`` crashed
 every read-then-write atomic across processes (SQLAlchemy's documented pysqlite recipe, with
 IMMEDIATE instead of a deferred BEGIN).
 PostgreSQL needs nothing: Optuna reads the trial ``FOR UPDATE`` there.
+
+Why a creation lock: Optuna creates a fresh storage's tables and its alembic row without a
+transaction that would make two creators wait for each other, and a study's one-time setup
+(queue the known configs, measure the baseline) reads "not done yet" in every process that
+starts at the same instant. ``creation_lock`` serialises both between processes on one machine
+(an ``flock`` on the storage file's folder). It is held only while opening and preparing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import socket
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import optuna
 from sqlalchemy import event
@@ -46,6 +56,47 @@ def _begin_immediate_on(engine: Engine) -> None:
     engine.dispose()
 
 
+@contextlib.contextmanager
+def creation_lock(url: str) -> Iterator[None]:
+    """Exclusive between processes on this machine while a SQLite storage is created or a study
+    prepared (see the module docstring); a no-op for server databases and missing folders."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    folder = Path(url[len("sqlite:///"):]).parent
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # open_storage reports a missing or unusable folder itself
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def worker_id() -> str:
+    """Who runs a trial (host:pid), stamped on it when it starts: a trial RUNNING under a dead
+    pid of this host is the orphan of a killed worker (``loop.fail_orphans``)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_is_gone(worker: str) -> bool:
+    """True when ``worker`` (from ``worker_id``) was a process of this host that has ended.
+    Workers on other hosts are left to Optuna's heartbeats."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def open_storage(url: str, *, source: str | None = None, create: bool = True) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats (so crashed workers' trials are failed, not left running)."""
     if url.startswith("sqlite:///"):
@@ -63,7 +114,7 @@ def open_storage(url: str, *, source: str | None = None, create: bool = True) ->
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}}
     try:
-        with warnings.catch_warnings():
+        with creation_lock(url), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
                                                  heartbeat_interval=HEARTBEAT_INTERVAL_S,

@@ -151,3 +151,30 @@ def test_kill_9_mid_study_then_resume_leaves_no_running_trial_and_books_what_the
     assert shown.spent_usd == spend.paid_usd > 0  # the books are the store's, killed calls included
     assert shown.spent_calls == spend.paid_calls + spend.possibly_billed_calls
     assert len([r for r in result.trials if r.counted]) == 10
+
+
+def _evaluated(result) -> list[tuple[str, float]]:  # type: ignore[no-untyped-def]
+    return sorted((r.config.config_hash, r.metrics.quality) for r in result.evaluated)
+
+
+def _front(result) -> list[str]:  # type: ignore[no-untyped-def]
+    return sorted(r.config.config_hash for r in result.pareto_front)
+
+
+def test_a_seeded_study_interrupted_and_resumed_asks_what_an_uninterrupted_one_asks(tmp_path: Path) -> None:
+    import pytest
+
+    sections = {"space": SPACE, "budget": {"trials": 12},
+                "sampler": {"name": "tpe", "options": {"n_startup_trials": 4}}}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = run_study(make_spec(tmp_path / "a", **sections), FormulaEvaluator(), ITEMS,
+                         cost_estimate=formula_estimate)
+    spec = make_spec(tmp_path / "b", **sections)
+    for call in (3, 5):  # interrupted twice, at the 3rd and then the 5th evaluation of a run
+        with pytest.raises(KeyboardInterrupt):
+            run_study(spec, FormulaEvaluator(interrupt_on_call=call), ITEMS, cost_estimate=formula_estimate)
+    resumed = run_study(spec, FormulaEvaluator(), ITEMS, cost_estimate=formula_estimate)
+    assert len([r for r in resumed.trials if r.status == "interrupted"]) == 2
+    assert _evaluated(resumed) == _evaluated(straight)
+    assert _front(resumed) == _front(straight)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import math
 import time
 import warnings
@@ -359,12 +358,6 @@ def fail_orphans(study: optuna.Study, storage: optuna.storages.RDBStorage) -> li
     return failed
 
 
-def _derived_seed(spec: StudySpec, worker: int, n_existing: int) -> int:
-    """Different per worker and per resume, so workers and resumed runs do not replay samples."""
-    material = f"{spec.seed}|{worker}|{n_existing}".encode()
-    return int.from_bytes(hashlib.sha256(material).digest()[:4], "big")
-
-
 async def run_study_async(spec: StudySpec, evaluator: Evaluator, item_ids: Sequence[str], *,
                           on_trial: Callable[[TrialEvent], None] | None = None, worker: int = 0,
                           cost_estimate: CostEstimate | None = None) -> StudyResult:
@@ -377,8 +370,7 @@ async def run_study_async(spec: StudySpec, evaluator: Evaluator, item_ids: Seque
         cost_estimate = price_estimate(spec.load_catalog())
     storage = open_storage(spec.storage, source=spec.source)
     study = await prepare_study_async(spec, evaluator, item_ids, storage=storage, cost_estimate=cost_estimate)
-    seed = _derived_seed(spec, worker, len(study.get_trials(deepcopy=False)))
-    sampler = build_sampler(spec, seed=seed, cost_estimate=cost_estimate, worker=worker)
+    sampler = build_sampler(spec, seed=spec.seed, cost_estimate=cost_estimate, worker=worker)
     study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler)
     loop = _Loop(spec, evaluator, list(item_ids), study, storage, cost_estimate, on_trial,
                  indexed=spec.sampler.name == "grid")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import math
 import time
 import warnings
@@ -341,9 +342,15 @@ def fail_orphans(study: optuna.Study, storage: optuna.storages.RDBStorage) -> li
     trials are stamped with their worker (``storage.worker_id``), and a dead pid settles it now.
     Setting the state is atomic, so of several processes that find one orphan, one re-queues it."""
     failed = []
+    now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker")
-        if not worker or not worker_is_gone(worker):
+        if worker is None:  # killed between ask and the stamp: no worker, no heartbeat either
+            started = t.datetime_start or now
+            if (now - started).total_seconds() < GRACE_PERIOD_S:
+                continue
+            worker = "unknown (killed before its first heartbeat)"
+        elif not worker_is_gone(worker):
             continue
         try:
             storage.set_trial_user_attr(t._trial_id, "status", "interrupted")

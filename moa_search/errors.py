@@ -23,3 +23,8 @@ class ConfigError(MoASearchError):
 
 class UnknownModelError(ConfigError):
     """A model id that the catalog does not list."""
+
+
+class WorkFailedError(MoASearchError):
+    """The input was valid, but nothing came of the work: no item could be scored, every call
+    failed. The CLI exits 1 for it (2 is for bad input); the message carries the first error."""

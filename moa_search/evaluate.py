@@ -3,7 +3,8 @@
 This is the seam between the core (runner, scoring) and the search: ``DatasetEvaluator``
 implements ``search.Evaluator`` so the search never sees providers or HTTP. The config's own
 cost (what it would cost to run in production, at list prices) is kept apart from the judge's
-cost and from what was actually paid now (cache hits are free).
+cost and from what was actually paid now (cache hits are free). Degraded items (an agent lost,
+see ``runner``) are counted apart, whichever ``DegradedPolicy`` decided their fate.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from .config import MoAConfig
 from .datasets import Dataset, Item
 from .providers.base import Provider
-from .runner import ItemTrace, Runner
+from .runner import DegradedPolicy, ItemTrace, Runner
 from .scoring import EvalResult, Scorer, make_scorer, score_traces
 from .search import TrialMetrics
 from .store import CallStore
@@ -38,10 +39,40 @@ class ConfigEvaluation:
     config: MoAConfig
     traces: tuple[ItemTrace, ...]
     result: EvalResult
+    degraded_policy: DegradedPolicy = DegradedPolicy.SCORE
 
     @property
     def n_items(self) -> int:
         return len(self.traces)
+
+    @property
+    def n_failed(self) -> int:
+        """Items whose run failed (degraded items under policy ``fail`` included)."""
+        return sum(1 for t in self.traces if t.failed)
+
+    @property
+    def n_degraded(self) -> int:
+        """Items that lost an agent: scored anyway or failed, by ``degraded_policy``."""
+        return sum(1 for t in self.traces if t.degraded)
+
+    def first_error(self) -> str | None:
+        """The first error in item order: a failed call, else a judge failure or an unscorable
+        item; None when every item was scored without one."""
+        for t in self.traces:
+            found = t.first_error()
+            if found:
+                return found
+        return next((f"item {s.item_id}: {s.detail}" for s in self.result.scores
+                     if s.value is None and s.detail), None)
+
+    def total_failure(self) -> str | None:
+        """Why nothing could be scored, with the first error, on one line; None when any item was."""
+        r = self.result
+        if r.n_scored > 0:
+            return None
+        counts = ", ".join(f"{k} {v}" for k, v in r.counts.items() if v)
+        return " ".join(f"nothing could be scored: 0 of {r.n} items ({counts}); first error: "
+                        f"{self.first_error() or 'none recorded'}".split())
 
     @property
     def cost_usd_per_item(self) -> float:
@@ -80,17 +111,19 @@ class ConfigEvaluation:
             calls=sum(t.n_calls for t in self.traces) + self.result.judge_calls,
             cached_calls=sum(t.n_cached for t in self.traces),
             cost_by_role=self.cost_by("role"), cost_by_model=self.cost_by("model"),
-            n_failed=sum(1 for t in self.traces if t.failed), simulated=self.simulated,
+            n_failed=self.n_failed, n_degraded=self.n_degraded, simulated=self.simulated,
             tokens_in=sum(t.prompt_tokens for t in self.traces),
             tokens_out=sum(t.completion_tokens for t in self.traces),
             item_latency_s={t.item_id: t.latency_s for t in self.traces if not t.failed},
+            first_error=self.first_error(),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "config": self.config.to_dict(), "config_hash": self.config.config_hash,
             "summary": self.config.summary(), "simulated": self.simulated,
-            "n_items": self.n_items, "n_failed": sum(1 for t in self.traces if t.failed),
+            "n_items": self.n_items, "n_failed": self.n_failed, "n_degraded": self.n_degraded,
+            "degraded_policy": self.degraded_policy.value, "first_error": self.first_error(),
             "quality": self.result.to_dict(),
             "cost_usd_per_item": self.cost_usd_per_item, "paid_usd": self.paid_usd,
             "judge_cost_usd": self.result.judge_cost_usd,
@@ -106,15 +139,16 @@ async def evaluate_config(runner: Runner, config: MoAConfig, items: Sequence[Ite
                           confidence: float = 0.95) -> ConfigEvaluation:
     traces = await runner.run_items(config, [(i.id, i.messages_tuple()) for i in items], on_item=on_item)
     result = await score_traces(scorer, items, traces, confidence=confidence)
-    return ConfigEvaluation(config, tuple(traces), result)
+    return ConfigEvaluation(config, tuple(traces), result, runner.degraded)
 
 
 class DatasetEvaluator:
-    """``search.Evaluator`` over a dataset: one runner per trial so the store logs the trial."""
+    """``search.Evaluator`` over a dataset: one runner per trial so the store logs the trial.
+    ``degraded`` is the ``DegradedPolicy`` (a study passes its ``[scorer] degraded``)."""
 
     def __init__(self, provider: Provider, store: CallStore | None, dataset: Dataset, scorer: str,
                  scorer_options: Mapping[str, Any] | None = None, *, run_prefix: str = "",
-                 max_concurrent_items: int = 8):
+                 max_concurrent_items: int = 8, degraded: DegradedPolicy | str = DegradedPolicy.SCORE):
         self.provider = provider
         self.store = store
         self.dataset = dataset
@@ -122,10 +156,11 @@ class DatasetEvaluator:
         self.scorer_options = dict(scorer_options or {})
         self.run_prefix = run_prefix
         self.max_concurrent_items = max_concurrent_items
+        self.degraded = DegradedPolicy.parse(degraded)
 
     def runner(self, run_id: str) -> Runner:
         return Runner(self.provider, self.store, max_concurrent_items=self.max_concurrent_items,
-                      run_id=run_id)
+                      run_id=run_id, degraded=self.degraded)
 
     async def evaluate_items(self, config: MoAConfig, item_ids: Sequence[str], run_id: str, *,
                              on_item: Callable[[ItemTrace], None] | None = None) -> ConfigEvaluation:

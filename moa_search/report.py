@@ -38,6 +38,7 @@ import plotly.io as pio
 from .errors import MoASearchError
 from .search import (StudyResult, TargetResult, TrialRecord, confidence_at_least, load_result,
                      open_storage)
+from .runner import DegradedPolicy
 from .stats import per_category
 from .study_spec import StudySpec, load_study_spec
 
@@ -126,6 +127,8 @@ def _hover(r: TrialRecord) -> str:
         f"${m.cost_usd_per_item:.6f} per item",
         f"latency p50 {m.latency_p50_s:.2f} s, p95 {m.latency_p95_s:.2f} s",
     ]
+    if m.n_failed or m.n_degraded:
+        lines.append(f"items with failed runs {m.n_failed}, degraded {m.n_degraded}")
     if r.note:
         lines.append(_esc(r.note[:120]))
     return "<br>".join(lines)
@@ -587,6 +590,15 @@ def _status_counts(result: StudyResult) -> str:
     return f"{len(result.trials)} trials" + (f": {parts}" if parts else "")
 
 
+def _faults_text(spec: StudySpec, result: StudyResult) -> str:
+    """Items that faults touched, over the evaluated trials, and what the policy made of them."""
+    measured = [r.metrics for r in result.trials if r.counted and r.metrics is not None]
+    fate = "failed, not scored" if spec.scorer.degraded is DegradedPolicy.FAIL else "scored anyway"
+    return (f"items with failed runs {sum(m.n_failed for m in measured)}; degraded (an agent lost) "
+            f"{sum(m.n_degraded for m in measured)}: {fate} ([scorer] degraded = "
+            f"\"{spec.scorer.degraded.value}\")")
+
+
 def _dataset_text(spec: StudySpec) -> str:
     d = spec.data
     name = f"built-in '{d.builtin}'" if d.builtin else str(d.path)
@@ -624,6 +636,7 @@ def _header_rows(spec: StudySpec, result: StudyResult) -> list[tuple[str, str]]:
         ("Backend", f"{spec.backend}" + (" (simulated model world)" if result.is_simulated else "")),
         ("Sampler", f"{spec.sampler.name}, seed {spec.seed}"),
         ("Trials", _status_counts(result)),
+        ("Faults", _faults_text(spec, result)),
         ("Spend", f"${result.spent_usd:.4f} in {result.spent_calls} paid calls{_sim(result)}; "
                   f"budget {', '.join(budget)}"),
         ("Storage", result.storage_url),

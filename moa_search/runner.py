@@ -4,9 +4,14 @@ Every call goes through the call store when one is given, so a call already paid
 free; the trace keeps each call's list cost and latency either way, so a config's measured cost
 and latency do not depend on what happened to be cached.
 
-Failure policy: a proposer that fails after the provider's retries is recorded in the trace and
-its layer continues with the others; if every agent of a layer fails, or the aggregator fails,
-the item fails and is recorded as failed (``answer`` is None), never scored silently.
+Failure policy: a proposer that fails after the provider's retries is recorded in the trace; if
+every agent of a layer fails, or the aggregator fails, the item fails and is recorded as failed
+(``answer`` is None), never scored silently. An item that lost some but not all of a layer's
+agents is *degraded*: its answer was made by fewer agents than the config has, so it measures
+another config. ``DegradedPolicy`` says what happens to it: ``score`` (the layer continues with
+the others and the answer is scored, flagged ``degraded``) or ``fail`` (the item fails at once,
+flagged ``degraded``, and its later layers are never called, so no money is spent on an answer
+that will not be scored). Either way it is counted, never hidden.
 
 Latency: ``ItemTrace.latency_s`` (the latency objective) is the critical path of the calls'
 *model* latencies (``Completion.latency_s``: the server's own time when it reports one, else the
@@ -21,15 +26,38 @@ import asyncio
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import TYPE_CHECKING, Awaitable, Callable, Sequence
 
 from .config import AgentSpec, MoAConfig
+from .errors import ConfigError
 from .prompts import agent_messages
 from .providers.base import ChatRequest, Completion, Message, Provider, ProviderError, Role
 from .providers.limits import fit_for
 
 if TYPE_CHECKING:  # the store is optional at run time; only its interface matters here
     from .store import CallStore
+
+
+class DegradedPolicy(str, Enum):
+    """What a degraded item (one that lost an agent, see the module docstring) becomes.
+
+    ``score``: scored with the answer the remaining agents made (the default of ``run`` and
+    ``eval``: a one-off measurement should show what came back). ``fail``: not scored, counted as
+    failed (the default of studies, so a transient fault cannot change which configs a search
+    keeps or stops early)."""
+
+    SCORE = "score"
+    FAIL = "fail"
+
+    @classmethod
+    def parse(cls, value: str | DegradedPolicy, *, field: str = "degraded",
+              source: str | None = None) -> DegradedPolicy:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(f"expected one of {[p.value for p in cls]}, got {value!r}",
+                              source=source, field=field) from None
 
 
 @dataclass(frozen=True)
@@ -57,10 +85,15 @@ class ItemTrace:
     calls: tuple[CallTrace, ...]
     error: str | None = None
     wall_s: float = 0.0  # what the item took here, queueing and retries included
+    degraded: bool = False  # lost an agent; scored anyway or failed, by the DegradedPolicy
 
     @property
     def failed(self) -> bool:
         return self.answer is None
+
+    def first_error(self) -> str | None:
+        """The first failed call's error (the root cause), else the item's own error."""
+        return next((c.error for c in self.calls if c.error), self.error)
 
     def _completions(self) -> list[Completion]:
         return [c.completion for c in self.calls if c.completion is not None]
@@ -142,13 +175,15 @@ class Runner:
     """Executes configs against one provider, optionally through a call store."""
 
     def __init__(self, provider: Provider, store: "CallStore | None" = None, *,
-                 max_concurrent_items: int = 8, run_id: str | None = None):
+                 max_concurrent_items: int = 8, run_id: str | None = None,
+                 degraded: DegradedPolicy | str = DegradedPolicy.SCORE):
         if max_concurrent_items < 1:
             raise ValueError("max_concurrent_items must be >= 1")
         self.provider = provider
         self.store = store
         self.max_concurrent_items = max_concurrent_items
         self.run_id = run_id
+        self.degraded = DegradedPolicy.parse(degraded)
 
     async def call(self, request: ChatRequest, role: Role = "judge", item_id: str | None = None,
                    config_hash: str | None = None) -> Completion:
@@ -183,17 +218,23 @@ class Runner:
     async def _run_layers(self, config: MoAConfig, messages: tuple[Message, ...], item_id: str) -> ItemTrace:
         calls: list[CallTrace] = []
         references: list[str] = []
+        degraded = False
         for layer_index, layer in enumerate(config.proposer_layers):
             results = await asyncio.gather(*(
                 self._agent_call(agent, s, layer_index, i, "proposer", messages, references, config, item_id)
                 for i, (agent, s) in enumerate(zip(layer, sample_indices(layer)))))
             calls.extend(results)
             ok = [r.completion.text for r in results if r.completion is not None]
+            lost = [r for r in results if r.completion is None]
             if not ok:
-                first = results[0].error
                 return ItemTrace(item_id, config.config_hash, None, tuple(calls),
                                  f"every proposer in layer {layer_index + 1} failed ({len(results)} "
-                                 f"agents; each error is in the trace), first: {first}")
+                                 f"agents; each error is in the trace), first: {lost[0].error}")
+            if lost and self.degraded is DegradedPolicy.FAIL:
+                return ItemTrace(item_id, config.config_hash, None, tuple(calls),
+                                 f"degraded (policy fail): {len(lost)} of {len(results)} proposers in "
+                                 f"layer {layer_index + 1} failed, first: {lost[0].error}", degraded=True)
+            degraded = degraded or bool(lost)
             references = ok
         final = await self._agent_call(config.aggregator, 0, config.rounds, 0, "aggregator",
                                        messages, references, config, item_id)
@@ -201,7 +242,8 @@ class Runner:
         if final.completion is None:
             return ItemTrace(item_id, config.config_hash, None, tuple(calls),
                              f"aggregator failed: {final.error}")
-        return ItemTrace(item_id, config.config_hash, final.completion.text, tuple(calls))
+        return ItemTrace(item_id, config.config_hash, final.completion.text, tuple(calls),
+                         degraded=degraded)
 
     async def run_items(self, config: MoAConfig, items: Sequence[tuple[str, tuple[Message, ...]]],
                         on_item: Callable[[ItemTrace], None | Awaitable[None]] | None = None,

@@ -15,6 +15,8 @@ Nothing is silently zero. Every item gets an ``ItemScore`` with a status:
 - ``missing_field``: the item lacks what the scorer needs (no reference / no baseline): no score.
 - ``failed``: the run (or a judge call) failed: no score. Quality is over scored items, and
   the counts say how many were left out, so a config cannot look good by failing hard items.
+  A *degraded* run (an agent lost, see ``runner.DegradedPolicy``) is failed here under the
+  ``fail`` policy, and scored like any answer under ``score``; the evaluation counts it apart.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from .evaluate import DatasetEvaluator
 from .preset import PresetFile, Provenance, from_config
 from .search import (StudyResult, TrialEvent, TrialRecord, load_result, prepare_study_async,
                      run_study_async)
-from .store import CallStore
+from .store import CallStore, NoStoreError
 from .study_spec import StudySpec, load_study_spec
 
 
@@ -70,7 +70,7 @@ def make_evaluator(spec: StudySpec, data: StudyData, catalog: Catalog | None = N
                              timeout_s=overrides.timeout_s, max_concurrency=overrides.concurrency)
     store = CallStore(spec.call_store)
     evaluator = DatasetEvaluator(provider, store, data.dataset, spec.scorer.name, spec.scorer.options,
-                                 run_prefix=run_prefix(spec))
+                                 run_prefix=run_prefix(spec), degraded=spec.scorer.degraded)
     return evaluator, store
 
 
@@ -82,9 +82,11 @@ def run_prefix(spec: StudySpec) -> str:
 def with_store_spend(spec: StudySpec, result: StudyResult) -> StudyResult:
     """The study's spend as the call store logged it, when that is more than the trials
     recorded: a worker killed mid-trial records nothing, but its calls were paid."""
-    if not spec.call_store.exists():
+    try:
+        store = CallStore(spec.call_store, create=False)
+    except NoStoreError:
         return result
-    with CallStore(spec.call_store) as store:
+    with store:
         spend = store.spend(run_id_prefix=run_prefix(spec))
     calls = spend.paid_calls + spend.possibly_billed_calls
     return replace(result, spent_usd=max(result.spent_usd, spend.paid_usd),

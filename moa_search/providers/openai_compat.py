@@ -4,9 +4,13 @@ Why it looks like this:
 
 * Money is counted from the usage the endpoint *reports*; a reply without usable ``usage`` is
   refused (``MalformedReplyError``) rather than silently counted as free.
-* Transient failures (429, 5xx, timeouts, dropped connections) are retried with full-jitter
-  exponential backoff (tenacity), honouring ``Retry-After``; client errors (other 4xx) are not,
-  because repeating a bad request only spends quota.
+* Transient failures (408, 429, 5xx, timeouts, dropped connections, and replies that deliver
+  nothing: a body that is not JSON, or JSON without ``choices``) are retried with full-jitter
+  exponential backoff (tenacity), honouring ``Retry-After``, all from one budget of
+  ``max_retries`` per call: no kind of fault has a cap of its own, so three garbled replies in a
+  row cost three retries, not the call. Client errors (other 4xx) are not retried, because
+  repeating a bad request only spends quota; nor is a reply that delivered an answer but no
+  usable ``usage`` (an endpoint that never reports usage never will, and asking again pays again).
 * Concurrency is bounded per endpoint (a semaphore held only while a request is on the wire, not
   while backing off) and optional RPM / TPM limits use aiolimiter leaky buckets, so a large MoA
   fan-out does not trip the provider's own rate limiter. Concurrency and the request timeout
@@ -46,9 +50,6 @@ from .limits import fit_request
 
 log = logging.getLogger(__name__)
 
-MALFORMED_JSON_RETRIES = 2
-"""Unparseable bodies are usually a proxy hiccup: retry them this many times, no more."""
-
 _MAX_SERVER_MESSAGE = 300
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -64,7 +65,7 @@ class _Transient(Exception):
     """
 
     def __init__(self, message: str, *, status: int | None = None, retry_after_s: float | None = None,
-                 kind: str = "http"):  # kind: "http" | "timeout" | "connect" | "transport" | "malformed_json"
+                 kind: str = "http"):  # kind: "http" | "timeout" | "connect" | "transport" | "malformed"
         super().__init__(message)
         self.status = status
         self.retry_after_s = retry_after_s
@@ -178,18 +179,29 @@ def server_latency(data: Any, headers: httpx.Headers) -> tuple[float, str] | Non
     return None
 
 
+def undelivered_reply(data: Any) -> str | None:
+    """Why a 200 reply delivered no answer at all (not a JSON object, no ``choices``: a truncated
+    body, or an error some proxies wrap in a 200), or None when it has choices. Such a reply is
+    a transient fault, retried; a reply with choices but no usable usage is not."""
+    if not isinstance(data, dict):
+        return "is not a JSON object"
+    choices = data.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        return None
+    error = data.get("error")
+    detail = error.get("message") if isinstance(error, dict) else error
+    said = (f" (the server said: {scrub(' '.join(detail.split()))[:_MAX_SERVER_MESSAGE]})"
+            if isinstance(detail, str) else "")
+    return f"has no choices{said}"
+
+
 def parse_chat_reply(data: Any, *, endpoint: str, model: str) -> tuple[str, Usage, str, dict[str, Any]]:
     """Text, usage, finish reason and the non-standard ``x_`` fields of a chat.completion body."""
     where = f"reply for model {model!r}"
-    if not isinstance(data, dict):
-        raise MalformedReplyError(f"{where} is not a JSON object", endpoint=endpoint)
-    choices = data.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        error = data.get("error")  # some proxies wrap errors in a 200
-        detail = error.get("message") if isinstance(error, dict) else error
-        said = (f" (the server said: {scrub(' '.join(detail.split()))[:_MAX_SERVER_MESSAGE]})"
-                if isinstance(detail, str) else "")
-        raise MalformedReplyError(f"{where} has no choices{said}", endpoint=endpoint)
+    undelivered = undelivered_reply(data)
+    if undelivered is not None:
+        raise MalformedReplyError(f"{where} {undelivered}", endpoint=endpoint)
+    choices = data["choices"]
     message = choices[0].get("message")
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
@@ -212,7 +224,8 @@ def parse_chat_reply(data: Any, *, endpoint: str, model: str) -> tuple[str, Usag
 class OpenAICompatProvider:
     """Implements ``Provider`` for OpenAI-compatible endpoints named in a ``Catalog``.
 
-    ``max_retries`` counts retries after the first attempt. ``timeout_s`` and
+    ``max_retries`` counts retries after the first attempt, for every kind of transient fault
+    together (the one budget of the module docstring). ``timeout_s`` and
     ``max_concurrency_per_endpoint``, when given, override the catalog's per-endpoint
     ``timeout_s`` / ``concurrency`` for every endpoint. ``latency_s`` of a completion is the
     server's reported time or else the on-the-wire time of the attempt that succeeded; the wall
@@ -295,16 +308,6 @@ class OpenAICompatProvider:
             body["seed"] = request.sample_index
         limits = self._endpoint_limits(info.endpoint)
         tokens = estimate_prompt_tokens(request) + request.max_tokens
-        malformed_seen = 0
-
-        def should_retry(exc: BaseException) -> bool:
-            nonlocal malformed_seen
-            if not isinstance(exc, _Transient):
-                return False
-            if exc.kind == "malformed_json":
-                malformed_seen += 1
-                return malformed_seen <= MALFORMED_JSON_RETRIES
-            return True
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome is not None else None
@@ -318,7 +321,8 @@ class OpenAICompatProvider:
             async for attempt in AsyncRetrying(
                     stop=stop_after_attempt(self.max_retries + 1),
                     wait=_RetryAfterOrBackoff(self.backoff_base_s, self.backoff_max_s),
-                    retry=retry_if_exception(should_retry), before_sleep=before_sleep, reraise=True):
+                    retry=retry_if_exception(lambda exc: isinstance(exc, _Transient)),
+                    before_sleep=before_sleep, reraise=True):
                 with attempt:
                     attempts += 1
                     data, on_wire_s, reported = await self._attempt(info.endpoint, body, headers, key,
@@ -378,10 +382,15 @@ class OpenAICompatProvider:
             latency = time.perf_counter() - t0
         status = response.status_code
         if 200 <= status < 300:
+            model = body["model"]
             try:
                 data = response.json()
             except ValueError:
-                raise _Transient("reply is not valid JSON", status=200, kind="malformed_json") from None
+                raise _Transient(f"reply for model {model!r} is not valid JSON", status=200,
+                                 kind="malformed") from None
+            undelivered = undelivered_reply(data)
+            if undelivered is not None:
+                raise _Transient(f"reply for model {model!r} {undelivered}", status=200, kind="malformed")
             return data, latency, server_latency(data, response.headers)
         message = server_message(response, secret=key)
         if status in (408, 429) or status >= 500:
@@ -402,9 +411,8 @@ class OpenAICompatProvider:
                                 status=None, retryable=True)
             err.endpoint = base_url  # the message already names it; don't prefix it twice
             return err
-        if exc.kind == "malformed_json":
-            return MalformedReplyError(f"reply for model {model!r} is not valid JSON ({tries})",
-                                       endpoint=base_url, status=200)
+        if exc.kind == "malformed":
+            return MalformedReplyError(f"{exc} ({tries})", endpoint=base_url, status=200, retryable=True)
         return ProviderError(f"model {model!r} failed after {tries}: {exc}", endpoint=base_url,
                              status=exc.status, retryable=True)
 

@@ -70,7 +70,8 @@ def merge_metrics(a: TrialMetrics, b: TrialMetrics) -> TrialMetrics:
         cost_by_role=mix(a.cost_by_role, b.cost_by_role), cost_by_model=mix(a.cost_by_model, b.cost_by_model),
         n_failed=a.n_failed + b.n_failed, simulated=a.simulated or b.simulated,
         tokens_in=add(a.tokens_in, b.tokens_in), tokens_out=add(a.tokens_out, b.tokens_out),
-        item_latency_s=lat,
+        item_latency_s=lat, n_degraded=a.n_degraded + b.n_degraded,
+        first_error=a.first_error or b.first_error,
     )
 
 

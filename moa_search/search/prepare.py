@@ -10,7 +10,7 @@ from typing import Sequence
 import optuna
 
 from ..config import BUILTIN_PRESETS, MoAConfig, canonical_json
-from ..errors import ConfigError, MoASearchError
+from ..errors import ConfigError, WorkFailedError
 from ..study_spec import StudySpec
 from .budget import price_estimate
 from .cost_order import CostEstimate
@@ -74,8 +74,9 @@ async def _prepare(spec: StudySpec, evaluator: Evaluator, item_ids: Sequence[str
                                   source=spec.source, field="budget.usd")
         metrics = await evaluator.evaluate(config, list(item_ids), trial_number=-1)
         if not math.isfinite(metrics.quality):
-            raise MoASearchError(f"the baseline {target.baseline!r} could not be scored on any item; "
-                                 f"no quality target can be derived from it")
+            raise WorkFailedError(f"the baseline {target.baseline!r} could not be scored on any item; "
+                                  f"no quality target can be derived from it; first error: "
+                                  f"{metrics.first_error or 'none recorded'}")
         study.set_user_attr("baseline", {"name": target.baseline, "config": config.to_dict(),
                                          "config_hash": config.config_hash, "metrics": metrics.to_dict()})
         objectives = dict(study.user_attrs["objectives"])

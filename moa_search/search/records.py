@@ -33,7 +33,9 @@ class TrialMetrics:
     LLM call the evaluation needed (judge calls included), ``cached_calls`` those served from the
     call store. ``item_values`` (per item quality) feed the statistical rules; ``item_latency_s``
     (per item critical-path latency), when given, lets merged fidelity stages keep exact
-    percentiles.
+    percentiles. ``n_failed`` counts items not scored because their run failed, ``n_degraded``
+    items that lost an agent (failed or scored, by the study's ``[scorer] degraded`` policy;
+    0 in metrics stored before it existed); ``first_error`` is the first error met, if any.
     """
 
     quality: float
@@ -54,9 +56,11 @@ class TrialMetrics:
     tokens_in: int | None = None
     tokens_out: int | None = None
     item_latency_s: Mapping[str, float] = field(default_factory=dict)
+    n_degraded: int = 0
+    first_error: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("n_items", "calls", "cached_calls", "n_failed"):
+        for name in ("n_items", "calls", "cached_calls", "n_failed", "n_degraded"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise MoASearchError(f"evaluator returned {name}={value!r}; expected an integer >= 0")
@@ -86,6 +90,7 @@ class TrialMetrics:
             "n_failed": self.n_failed, "simulated": self.simulated,
             "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
             "item_latency_s": dict(self.item_latency_s),
+            "n_degraded": self.n_degraded, "first_error": self.first_error,
         }
 
     @classmethod
@@ -172,6 +177,18 @@ class StudyResult:
                 seen.add(r.config.config_hash)
                 out.append(r)
         return tuple(out)
+
+    def total_failure(self) -> str | None:
+        """Why nothing could be scored in this study, with the first error, on one line: trials
+        were evaluated and not one item of any was scored. None otherwise (no trial evaluated at
+        all is a budget matter, not a failure)."""
+        measured = [r for r in self.trials if r.metrics is not None and r.status != "duplicate"]
+        if not measured or any(math.isfinite(r.metrics.quality) for r in measured):  # type: ignore[union-attr]
+            return None
+        first = next((r.metrics.first_error for r in measured if r.metrics and r.metrics.first_error),
+                     None) or next((r.note for r in measured if r.note), "none recorded")
+        return " ".join(f"nothing could be scored in study {self.study_name}: {len(measured)} "
+                        f"trial(s) evaluated, no item scored; first error: {first}".split())
 
     def cheapest_meeting_target(self, target: float | None = None,
                                 confidence: float | None = None) -> TargetResult:

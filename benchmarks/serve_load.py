@@ -89,6 +89,7 @@ def _serve_process(preset_name: str, sim_base_url: str, endpoint_concurrency: in
     from moa_search.providers.openai_compat import OpenAICompatProvider
     from moa_search.runner import Runner
     from moa_search.server import create_server_app, listen
+    from moa_search.serving import ConnectionLimits, uvicorn_config
 
     logging.basicConfig(level=logging.WARNING)
     preset = build_preset(preset_name)
@@ -97,16 +98,17 @@ def _serve_process(preset_name: str, sim_base_url: str, endpoint_concurrency: in
                                     max_concurrency_per_endpoint=endpoint_concurrency)
     # server.serve's own factory, without a call store: distinct prompts, nothing cached.
     app = create_server_app(preset, lambda: Runner(provider, None, run_id=f"serve:{preset.name}"))
-    if tcp_nodelay:  # diagnostic (1b) only: the socket sim_server._listen makes
+    if tcp_nodelay:  # diagnostic (1b) only: a plain IPPROTO_TCP socket, uvicorn's own settings
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((HOST, 0))
         sock.listen(2048)
-    else:
-        sock = listen(HOST, 0)  # what server.serve uses
+        config = uvicorn.Config(app, host=HOST, port=sock.getsockname()[1], log_level="warning",
+                                lifespan="on", timeout_graceful_shutdown=5)
+    else:  # what server.serve uses: its socket, its uvicorn settings and connection limits
+        sock = listen(HOST, 0)
+        config = uvicorn_config(app, sock, ConnectionLimits(), log_level="warning", timeout_graceful_shutdown=5)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, host=HOST, port=port, log_level="warning",
-                            lifespan="on", timeout_graceful_shutdown=5)
     conn.send(port)
     uvicorn.Server(config).run(sockets=[sock])  # SIGTERM from the parent ends it gracefully
 

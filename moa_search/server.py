@@ -19,8 +19,10 @@ decoding time could be hidden; that is left for when the provider protocol strea
 
 Failure is always an answer, never a hang: bad requests get OpenAI-style 4xx errors naming the
 parameter, a failed item (every proposer of a layer, or the aggregator, failed) is a 502 with
-the reason, and an overall timeout turns a stuck upstream into a 504. The server binds
-127.0.0.1 unless told otherwise; an optional bearer token guards it.
+the reason, and an overall timeout turns a stuck upstream into a 504. A stalled *client* is
+cut off too: ``serving.ConnectionLimits`` bounds the time for a request's head and body, idle
+keep-alive connections and the number of open connections. The server binds 127.0.0.1 unless
+told otherwise; an optional bearer token guards it.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from starlette.routing import Route
 
 from .errors import ConfigError, MoASearchError
 from .keys import scrub
-from .serving import BodyTooLarge, listen, read_body
+from .serving import BodyTooLarge, ClientGone, ConnectionLimits, listen, read_body, uvicorn_config
 from .preset import PresetFile
 from .providers.base import Message, Provider
 from .runner import ItemTrace, Runner
@@ -147,6 +149,8 @@ def create_server_app(preset: PresetFile, runner_factory: RunnerFactory, *, api_
             trace = await _run(runner(), preset, call, timeout_s)
         except _ApiError as exc:
             return openai_error(exc.status, exc.message, type_=exc.type, param=exc.param, code=exc.code)
+        except ClientGone:  # logged by the connection layer; this reply is never sent
+            return Response(status_code=499)
         headers = _trace_headers(trace)
         completion_id = f"chatcmpl-moa-{uuid.uuid4().hex[:24]}"
         if call.stream:
@@ -170,7 +174,8 @@ def create_server_app(preset: PresetFile, runner_factory: RunnerFactory, *, api_
 
 def serve(preset: PresetFile, provider: Provider, host: str = "127.0.0.1", port: int = 8000,
           store: "CallStore | None" = None, api_key: str | None = None, *,
-          timeout_s: float = DEFAULT_TIMEOUT_S, log_level: str = "info") -> None:
+          timeout_s: float = DEFAULT_TIMEOUT_S, log_level: str = "info",
+          limits: ConnectionLimits = ConnectionLimits()) -> None:
     """Serve ``preset`` in the foreground until Ctrl-C (the CLI's ``moa-search serve``)."""
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         log.warning("serving on %s without an API key: anyone who can reach it spends your credits",
@@ -178,10 +183,11 @@ def serve(preset: PresetFile, provider: Provider, host: str = "127.0.0.1", port:
     app = create_server_app(preset, lambda: Runner(provider, store, run_id=f"serve:{preset.name}"),
                             api_key=api_key, timeout_s=timeout_s)
     sock = listen(host, port)
-    config = uvicorn.Config(app, host=host, port=sock.getsockname()[1], log_level=log_level,
-                            lifespan="on", timeout_graceful_shutdown=5)
+    config = uvicorn_config(app, sock, limits, log_level=log_level, timeout_graceful_shutdown=5)
     shown = f"[{host}]" if ":" in host else host
-    log.info("serving preset %s on http://%s:%d/v1", preset.name, shown, sock.getsockname()[1])
+    # uvicorn's logger: configured by uvicorn.Config, so the line shows at the default log level
+    logging.getLogger("uvicorn.error").info("serving preset %s on http://%s:%d/v1", preset.name, shown,
+                                            sock.getsockname()[1])
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

@@ -20,6 +20,7 @@ import hmac
 import json
 import logging
 import random
+import socket
 import threading
 import time
 import uuid
@@ -37,13 +38,19 @@ from starlette.routing import Route
 from .catalog import Catalog
 from .config import DEFAULT_MAX_TOKENS
 from .errors import ConfigError, MoASearchError, UnknownModelError
-from .serving import BodyTooLarge, listen, read_body
+from .serving import BodyTooLarge, ClientGone, ConnectionLimits, listen, read_body, uvicorn_config
 from .providers.base import ChatRequest, Completion, Message, Provider, ProviderError
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
 """Request bodies above 1 MiB get 413: no MoA prompt is that large, a runaway client is."""
+
+RECORDED_MAX_REQUESTS = 256
+RECORDED_MAX_BYTES = 8 * 1024 * 1024
+"""``recorded_requests`` keeps the last 256 bodies, fewer when they are large: at most 8 MiB of
+them (eight 1 MiB bodies), so a long run of big requests keeps memory bounded. Kept as the
+bytes received and parsed when read, so the budget counts what is really held."""
 
 FAULT_KINDS = ("ok", "429", "500", "503", "timeout", "malformed", "no_usage")
 """What a scripted fault may be. ``503`` honours ``retry_after_s`` like ``429``; ``no_usage``
@@ -114,6 +121,8 @@ class RecordedRequest:
 class _AppState:
     """Mutable per-app state; a lock because tests read it from another thread."""
 
+    recorded: deque[tuple[bytes, bool]]  # (raw JSON body, had an Authorization header)
+
     def __init__(self, provider: Provider, catalog: Catalog | None, faults: FaultConfig,
                  sleep_latency: bool, latency_override_s: float | None, require_api_key: str | None):
         self.provider = provider
@@ -137,7 +146,23 @@ class _AppState:
             self.max_in_flight = 0
             self.faults_seen: Counter[str] = Counter()
             self.statuses: Counter[int] = Counter()
-            self.recorded: deque[RecordedRequest] = deque(maxlen=256)
+            self.recorded = deque()
+            self.recorded_bytes = 0
+
+    def record(self, raw: bytes, has_authorization: bool) -> None:
+        with self.lock:
+            self.recorded.append((raw, has_authorization))
+            self.recorded_bytes += len(raw)
+            while len(self.recorded) > RECORDED_MAX_REQUESTS or (
+                    self.recorded_bytes > RECORDED_MAX_BYTES and len(self.recorded) > 1):
+                self.recorded_bytes -= len(self.recorded.popleft()[0])
+
+    def recorded_requests(self) -> tuple[RecordedRequest, ...]:
+        with self.lock:
+            kept = tuple(self.recorded)
+        bodies = [(json.loads(raw), auth) for raw, auth in kept]
+        return tuple(RecordedRequest(body if isinstance(body, dict) else {"_": body}, auth)
+                     for body, auth in bodies)
 
     def snapshot(self) -> ServerStats:
         with self.lock:
@@ -256,6 +281,8 @@ def create_app(provider: Provider, *, faults: FaultConfig = FaultConfig(), sleep
         except _BadRequest as exc:
             response = openai_error(exc.status, exc.message, type_=exc.type, param=exc.param,
                                     code=exc.code, headers=exc.headers)
+        except ClientGone:  # logged by the connection layer; never sent, counted as nginx's 499
+            response = Response(status_code=499)
         except Exception:  # a bug in the provider must not kill the server
             log.exception("sim-server: unexpected error answering a chat request")
             response = openai_error(500, "internal error in the sim-server", type_="server_error")
@@ -372,9 +399,7 @@ async def _chat(state: _AppState, request: Request) -> Response:
     except (UnicodeDecodeError, json.JSONDecodeError):
         body = _NOT_JSON
     if body is not _NOT_JSON:  # recorded even when refused, so tests can see what was sent
-        with state.lock:
-            state.recorded.append(RecordedRequest(body if isinstance(body, dict) else {"_": body},
-                                                  "authorization" in request.headers))
+        state.record(raw, "authorization" in request.headers)
     if denied is not None:
         return denied
     if body is _NOT_JSON:
@@ -423,22 +448,26 @@ def _completion_body(completion: Completion, *, include_usage: bool = True) -> d
     return body
 
 
-def _uvicorn_config(app: Starlette, host: str, port: int, log_level: str) -> uvicorn.Config:
+def _uvicorn_config(app: Starlette, sock: socket.socket, log_level: str,
+                    limits: ConnectionLimits) -> uvicorn.Config:
     # A short graceful-shutdown window: a hanging fault must never hold a test or Ctrl-C hostage.
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                          lifespan="on", timeout_graceful_shutdown=2, timeout_keep_alive=5)
+    return uvicorn_config(app, sock, limits, log_level=log_level, access_log=False,
+                          timeout_graceful_shutdown=2)
 
 
 class SimServer:
     """Runs the app with uvicorn in a background thread; ``port=0`` picks a free port.
 
     Use as a context manager in tests: the port is bound before ``start`` returns, and ``stop``
-    wakes hanging fault handlers so the thread ends within about a second.
+    wakes hanging fault handlers so the thread ends within about a second. ``limits`` are the
+    connection limits (``serving.ConnectionLimits``) the CLI's ``sim-server`` runs with.
     """
 
     def __init__(self, provider: Provider, *, host: str = "127.0.0.1", port: int = 0,
-                 startup_timeout_s: float = 10.0, log_level: str = "warning", **create_app_kwargs: Any):
+                 startup_timeout_s: float = 10.0, log_level: str = "warning",
+                 limits: ConnectionLimits = ConnectionLimits(), **create_app_kwargs: Any):
         self.app = create_app(provider, **create_app_kwargs)
+        self.limits = limits
         self._state: _AppState = self.app.state.sim
         self.host = host
         self._requested_port = port
@@ -465,9 +494,8 @@ class SimServer:
 
     @property
     def recorded_requests(self) -> tuple[RecordedRequest, ...]:
-        """The last (up to 256) chat request bodies that were parsed as JSON."""
-        with self._state.lock:
-            return tuple(self._state.recorded)
+        """The last chat request bodies that were parsed as JSON (up to 256 and 8 MiB)."""
+        return self._state.recorded_requests()
 
     def reset_stats(self) -> None:
         self._state.reset()
@@ -477,7 +505,7 @@ class SimServer:
             raise MoASearchError("the sim-server is already started")
         sock = listen(self.host, self._requested_port, what="sim-server")
         self._port = sock.getsockname()[1]
-        self._server = uvicorn.Server(_uvicorn_config(self.app, self.host, self._port, self._log_level))
+        self._server = uvicorn.Server(_uvicorn_config(self.app, sock, self._log_level, self.limits))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name=f"sim-server:{self._port}", daemon=True)
         self._thread.start()
@@ -511,12 +539,13 @@ class SimServer:
 
 
 def serve_forever(provider: Provider, host: str = "127.0.0.1", port: int = 8000, *,
-                  log_level: str = "info", **create_app_kwargs: Any) -> None:
+                  log_level: str = "info", limits: ConnectionLimits = ConnectionLimits(),
+                  **create_app_kwargs: Any) -> None:
     """Serve in the foreground until Ctrl-C (the CLI's ``moa-search sim-server``)."""
     app = create_app(provider, **create_app_kwargs)
     sock = listen(host, port, what="sim-server")
     bound = sock.getsockname()[1]
-    server = uvicorn.Server(_uvicorn_config(app, host, bound, log_level))
+    server = uvicorn.Server(_uvicorn_config(app, sock, log_level, limits))
     shown = f"[{host}]" if ":" in host else host
     logging.getLogger("uvicorn.error").info("sim-server listening on http://%s:%d/v1", shown, bound)
     try:

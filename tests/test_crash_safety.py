@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from moa_search.config import MoAConfig
-from moa_search.search import TrialMetrics, load_result, run_study
+from moa_search.search import TrialMetrics, load_result, open_storage, run_study
 from moa_search.study_spec import StudySpec
 from tests.test_search import ITEMS, FormulaEvaluator, _counted, formula_estimate, make_spec
 
@@ -72,7 +72,10 @@ def test_a_trial_killed_with_kill_9_is_failed_and_requeued_on_resume(tmp_path: P
     while time.monotonic() < deadline and not running:
         time.sleep(0.2)
         if Path(spec.storage.removeprefix("sqlite:///")).exists():
-            study = optuna.load_study(study_name="s", storage=spec.storage)
+            try:  # open_storage: waits while the worker is still creating the storage's tables
+                study = optuna.load_study(study_name="s", storage=open_storage(spec.storage, create=False))
+            except KeyError:  # the study itself is not created yet
+                continue
             running = [t for t in study.get_trials(states=(TrialState.RUNNING,))
                        if t.user_attrs.get("config_hash") == victim.config_hash]
     assert running, "the worker never started the trial it hangs on"

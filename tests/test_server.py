@@ -19,6 +19,7 @@ from moa_search.preset import PresetFile, from_config
 from moa_search.providers.base import ChatRequest, Completion
 from moa_search.runner import Runner
 from moa_search.server import create_server_app, listen
+from moa_search.serving import ConnectionLimits, uvicorn_config
 from tests.doubles import RecordingProvider
 
 CATALOG = Catalog.default()
@@ -31,12 +32,13 @@ ANSWER = f"answer from {QWEN72}#0"
 
 
 class ServerThread:
-    """uvicorn on a background thread, bound to a free port on 127.0.0.1."""
+    """uvicorn on a background thread, bound to a free port on 127.0.0.1, with the connection
+    handling ``server.serve`` runs (``serving.uvicorn_config``)."""
 
-    def __init__(self, app):
+    def __init__(self, app, limits: ConnectionLimits = ConnectionLimits(), log_level: str = "warning"):
         self.sock = listen("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
+        self.server = uvicorn.Server(uvicorn_config(app, self.sock, limits, log_level=log_level,
                                                     timeout_graceful_shutdown=2))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

@@ -216,3 +216,15 @@ def test_parse_text_without_a_file() -> None:
 def test_scorer_options_follow_the_scorer_signature(tmp_path: Path, scorer: str) -> None:
     spec = load_study_spec(_write(tmp_path, MINIMAL.replace('name = "numeric"', scorer)), runs_dir=tmp_path)
     assert spec.scorer.options and spec.scorer.name in ("single_grade", "numeric")
+
+
+def test_a_local_study_without_a_catalog_uses_the_local_catalog(tmp_path: Path) -> None:
+    text = ('[study]\nname = "loc"\nbackend = "local"\n[data]\nbuiltin = "math"\nn_items = 4\n'
+            '[scorer]\nname = "numeric"\n[space]\nmodels = ["smollm2-135m"]\n'
+            'aggregators = ["smollm2-135m"]\nlayers = [1, 2]\nproposers = [1, 2]\n'
+            'proposer_mode = "same"\n[objectives]\nmode = "pareto"\nmetrics = ["quality", "latency"]\n'
+            '[budget]\ntrials = 2\n')
+    spec = load_study_spec(_write(tmp_path, text), runs_dir=tmp_path / "runs")
+    assert "smollm2-135m" in spec.load_catalog()
+    sim = text.replace('backend = "local"', 'backend = "sim"')
+    assert "smollm2-135m" in _error(tmp_path, sim).args[0]  # the paper catalog has no such model

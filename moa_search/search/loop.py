@@ -165,10 +165,19 @@ class _Loop:
                 raise _Stop(reason)
         with _quiet():
             trial = self.study.ask()
-        # Stamped at once, with a first heartbeat: a worker killed from here on leaves a trial
-        # that ``fail_orphans`` (this host) or the heartbeat check (any host) will fail.
+        # Stamped at once, and beating from its first wait on (a wait for a twin included, which
+        # may outlast the grace period): a worker killed from here on leaves a trial that
+        # ``fail_orphans`` (this host) or the heartbeat check (any host) will fail.
         self.set_attrs(trial, {"worker": worker_id()})
-        self.storage.record_heartbeat(trial._trial_id)
+        # Optuna exposes no public trial id; heartbeats are keyed by it.
+        beat = asyncio.create_task(self.heartbeat(trial._trial_id))
+        try:
+            return await self.run_asked(trial)
+        finally:
+            beat.cancel()
+
+    async def run_asked(self, trial: optuna.Trial) -> TrialRecord:
+        """Everything after ``ask``: budget, config, twin, estimate, evaluation, ``tell``."""
         trials = self.trials()
         before = sum(1 for t in trials if t.number < trial.number and _counted(t))
         if before >= self.spec.budget.trials:
@@ -191,8 +200,6 @@ class _Loop:
             return self.finish(trial, "skipped", config=config, skipped=f"budget: {reason}",
                                budget_at_skip=[b.usd, b.calls])
         self.set_attrs(trial, {"reserved": [usd, calls]})
-        # Optuna exposes no public trial id; heartbeats are keyed by it.
-        beat = asyncio.create_task(self.heartbeat(trial._trial_id))
         try:
             metrics, status, why = await self.evaluate(trial, config)
         except BaseException as exc:
@@ -202,8 +209,6 @@ class _Loop:
             if interrupted:  # retry the same config first when the study resumes
                 self.study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
             raise
-        finally:
-            beat.cancel()
         return self.finish(trial, status, config=config, metrics=metrics, stopped_early=why)
 
     async def heartbeat(self, trial_id: int) -> None:

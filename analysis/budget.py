@@ -33,8 +33,8 @@ if __package__ in (None, ""):  # run as a script: make `analysis` importable fro
 import plotly.graph_objects as go
 
 from analysis.common import (ROOT, AnalysisOptions, AnalysisOutput, Bench, Measurement, Table,
-                             base_layout, cli_main, error_y, fmt_usd, run_bench, short,
-                             sim_suffix, write_outputs)
+                             base_layout, cli_main, error_y, fmt_usd, markdown_table, run_bench,
+                             short, sim_suffix, write_outputs)
 from moa_search.config import BUILTIN_PRESETS, MoAConfig
 from moa_search.errors import ConfigError, UnknownModelError
 
@@ -180,12 +180,15 @@ def _outputs(bench: Bench, points: Sequence[Point], notes: list[str], started: f
     sim = sim_suffix(bench.simulated)
     on_front = pareto_mask([(p.measurement.cost_usd_per_item, p.measurement.quality) for p in points])
     order = sorted(range(len(points)), key=lambda i: points[i].measurement.cost_usd_per_item)
-    rows = []
+    rows, readme_rows = [], []
     for i in order:
         p, m = points[i], points[i].measurement
         label = m.label + (f" (= {p.also})" if p.also else "")
         rows.append([label, p.kind, m.config.summary(), m.ci_text, fmt_usd(m.cost_usd_per_item),
                      f"{m.latency_p50_s:.1f}", "yes" if on_front[i] else ""])
+        shown = f"{m.label}: {m.config.summary()}" if p.kind == "search front" else m.label
+        readme_rows.append([shown + (f" (= {p.also})" if p.also else ""), m.ci_text,
+                            fmt_usd(m.cost_usd_per_item), "yes" if on_front[i] else ""])
     tables = [Table(f"Every point, cheapest first{sim}",
                     ["label", "kind", "config", f"{bench.opts.quality_name} [95% CI]{sim}",
                      f"$/item{sim}", f"latency p50 s{sim}", "Pareto"], rows)]
@@ -203,9 +206,10 @@ def _outputs(bench: Bench, points: Sequence[Point], notes: list[str], started: f
     data = {"points": [{**p.measurement.to_dict(), "kind": p.kind, "also": p.also,
                         "pareto": on_front[i]} for i, p in enumerate(points)],
             "notes": notes}
+    readme = markdown_table(["point", "quality, here", "$/item", "Pareto"], readme_rows)
     return write_outputs(bench, title="Budget: the cost-quality frontier",
                          figures=[_figure(bench, points, on_front)], tables=tables, notes=notes,
-                         data=data, started=started)
+                         data=data, started=started, readme=readme)
 
 
 def add_study_arguments(p: argparse.ArgumentParser) -> None:

@@ -14,6 +14,8 @@ only say *which* configs to measure and how to show them:
 * ``write_outputs``: one HTML page per analysis that loads plotly.js from the shared local
   ``analysis/plotly.min.js`` (so pages open offline and the repository holds plotly.js once), a ``summary.md`` with
   the numbers and their CIs, and a ``results.json`` for programs.
+* ``rounded`` / ``stable``: the one rule for how many digits a written number keeps, so the
+  committed outputs are the same bytes on any machine (``run_all.py --check`` relies on it).
 
 Numbers from the simulated model world are labelled "simulated" in every title, axis and
 summary: they describe the simulation's calibration, not real models.
@@ -29,6 +31,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
@@ -43,6 +46,7 @@ from moa_search.datasets import Dataset, answer_key_pairs, resolve_dataset
 from moa_search.errors import ConfigError, MoASearchError
 from moa_search.evaluate import ConfigEvaluation, DatasetEvaluator
 from moa_search.providers.base import Provider
+from moa_search.providers.sim_model import parse_footer
 from moa_search.stats import PairedResult, paired_comparison
 from moa_search.store import CallStore
 
@@ -197,6 +201,10 @@ class Measurement:
     values: Mapping[str, float]
     raw_win_rate: float | None = None
     paid_usd: float = 0.0  # spent by this measurement now (0 when all came from the store)
+    #: Simulated world only: each item's final answer's latent quality (logits, baseline = 0),
+    #: read from the footer the world writes under it: the world's own truth, without the
+    #: judge's noise, to set beside what was measured. Empty for real models.
+    latent: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_evaluation(cls, label: str, ev: ConfigEvaluation) -> "Measurement":
@@ -208,7 +216,9 @@ class Measurement:
                    latency_p50_s=ev.latency_percentile(50), latency_p95_s=ev.latency_percentile(95),
                    calls=int(d["calls"]), simulated=ev.simulated,
                    values={k: v for k, v in ev.result.values.items() if v is not None},
-                   raw_win_rate=ev.result.win_rate, paid_usd=ev.paid_usd)
+                   raw_win_rate=ev.result.win_rate, paid_usd=ev.paid_usd,
+                   latent={t.item_id: f.quality for t in ev.traces
+                           if ev.simulated and t.answer and (f := parse_footer(t.answer))})
 
     @property
     def ci_text(self) -> str:
@@ -328,6 +338,77 @@ def run_bench(opts: AnalysisOptions, body: Callable[[Bench], Awaitable[T]]) -> T
     return asyncio.run(go())
 
 
+def package_versions(names: Sequence[str]) -> dict[str, str]:
+    """Installed versions of ``names`` ("not installed" for a missing one): what made a file."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+# ---- stable numbers ------------------------------------------------------------------------
+
+#: Significant digits every number an analysis writes keeps (results.json, the pages' figures).
+#: Dollars keep 6: a cheap model costs $7e-05 an item and sums of such must still add up.
+#: Everything else (rates in %, seconds, p-values, correlations) keeps 4, more than any CI
+#: here resolves. Few enough digits that last-digit float noise (another CPU's BLAS, another
+#: summation order inside numpy) never reaches the files, so the same inputs give the same bytes.
+#: Text (tables, notes, the README's blocks) shows fewer digits still (``fmt_ci``, ``fmt_usd``,
+#: ``fmt_paired``), formatted from the exact values so that no number is rounded twice.
+DIGITS = 4
+USD_DIGITS = 6
+
+
+def rounded(x: float, digits: int = DIGITS) -> float:
+    """``x`` to ``digits`` significant digits, through its decimal text so that one double
+    always gives one result. NaN and infinities pass through (``stable`` turns them into null)."""
+    x = float(x)
+    if x == 0.0 or not math.isfinite(x):
+        return x
+    return float(f"{x:.{digits}g}")
+
+
+def digits_for(key: str) -> int:
+    """The digits a number keeps, by the name it is written under: ``*usd*`` are dollars."""
+    return USD_DIGITS if "usd" in key.lower() else DIGITS
+
+
+def stable(obj: Any, key: str = "") -> Any:
+    """A JSON-ready copy of ``obj`` with every float ``rounded`` by ``digits_for`` its key
+    (the nearest enclosing one, for lists), NaN and infinities as None, tuples as lists.
+    Rounding an already rounded number changes nothing, so this can be applied at every writer."""
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (str, int)):
+        return obj
+    if isinstance(obj, Mapping):
+        return {k: stable(v, str(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [stable(v, key) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return stable(obj.tolist(), key)
+    if isinstance(obj, float):
+        return rounded(obj, digits_for(key)) if math.isfinite(obj) else None
+    return obj
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    """``payload`` as indented JSON with ``stable`` numbers, keys in the order given."""
+    path.write_text(json.dumps(stable(payload), indent=2) + "\n", encoding="utf-8")
+
+
+def stable_figure(fig: go.Figure) -> go.Figure:
+    """A copy of ``fig`` whose numbers are ``stable`` (error-bar lengths, positions, values);
+    the template is left alone: its numbers are plotly's constants, not ours."""
+    d = fig.to_dict()
+    template = d.get("layout", {}).pop("template", None)
+    d = stable(d)
+    if template is not None:
+        d["layout"]["template"] = template
+    return go.Figure(d)
+
+
 # ---- formatting ----------------------------------------------------------------------------
 
 def _clean(x: float | None) -> float | None:
@@ -382,6 +463,14 @@ def sim_suffix(simulated: bool) -> str:
 
 # ---- outputs -------------------------------------------------------------------------------
 
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table; ``|`` inside a cell is escaped."""
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+    return "\n".join([line(headers), "|" + "|".join("---" for _ in headers) + "|",
+                      *(line(r) for r in rows)])
+
+
 @dataclass(frozen=True)
 class Table:
     """One table, written both to summary.md and to the HTML page."""
@@ -392,11 +481,7 @@ class Table:
     note: str = ""
 
     def markdown(self) -> str:
-        def cell(x: str) -> str:
-            return str(x).replace("|", "\\|")
-        lines = [f"### {self.title}", "", "| " + " | ".join(cell(h) for h in self.headers) + " |",
-                 "|" + "|".join("---" for _ in self.headers) + "|"]
-        lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in self.rows]
+        lines = [f"### {self.title}", "", markdown_table(self.headers, self.rows)]
         if self.note:
             lines += ["", self.note]
         return "\n".join(lines)
@@ -408,6 +493,34 @@ class Table:
         note = f"<p class='note'>{html.escape(self.note)}</p>" if self.note else ""
         return (f"<h3>{html.escape(self.title)}</h3><table><thead><tr>{head}</tr></thead>"
                 f"<tbody>{body}</tbody></table>{note}")
+
+
+#: The README beside the analysis folders; each analysis rewrites its own block in it.
+README = "README.md"
+
+
+def readme_markers(name: str) -> tuple[str, str]:
+    """The lines around analysis ``name``'s generated block in the README."""
+    return (f"<!-- generated by analysis/{name}.py (or run_all.py): edits here are overwritten -->",
+            f"<!-- end of generated {name} -->")
+
+
+def replace_readme_block(path: Path, name: str, block: str) -> bool:
+    """Put ``block`` between ``name``'s markers in the README at ``path``; False (and nothing
+    written) when the file or its markers are missing, so outputs written elsewhere leave it be."""
+    if not path.is_file():
+        return False
+    text = path.read_text("utf-8")
+    begin, end = readme_markers(name)
+    if begin not in text:
+        return False
+    head, rest = text.split(begin, 1)
+    if end not in rest:
+        raise ConfigError(f"{path}: {begin!r} has no {end!r} after it", field=name)
+    new = f"{head}{begin}\n{block}\n{end}{rest.split(end, 1)[1]}"
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    return True
 
 
 @dataclass(frozen=True)
@@ -486,11 +599,13 @@ def summary_markdown(title: str, intro: Sequence[str], tables: Sequence[Table],
 
 def write_outputs(bench: Bench, *, title: str, figures: Sequence[go.Figure],
                   tables: Sequence[Table], notes: Sequence[str], data: Mapping[str, Any],
-                  started: float) -> AnalysisOutput:
-    """Write ``<name>.html``, ``summary.md`` and ``results.json`` into the output directory.
+                  started: float, readme: str | None = None) -> AnalysisOutput:
+    """Write ``<name>.html``, ``summary.md`` and ``results.json`` into the output directory,
+    and ``readme`` (Markdown) between the analysis's markers in ``README.md`` one folder up.
 
     Titles get "(simulated)" when the numbers come from the simulated world; no timestamps or
-    timings go into the files, so re-running an unchanged analysis leaves them unchanged.
+    timings go into the files, and every number is ``stable``, so re-running an unchanged
+    analysis leaves them unchanged, byte for byte, on any machine.
     """
     opts = bench.opts
     simulated = bench.simulated
@@ -500,16 +615,18 @@ def write_outputs(bench: Bench, *, title: str, figures: Sequence[go.Figure],
     out.mkdir(parents=True, exist_ok=True)
     html_path = out / f"{opts.name}.html"
     write_shared_plotly(out.resolve().parent)
-    html_path.write_text(page_html(full_title, intro, figures, tables, notes, simulated, opts.name),
-                         encoding="utf-8")
+    html_path.write_text(page_html(full_title, intro, [stable_figure(f) for f in figures], tables,
+                                   notes, simulated, opts.name), encoding="utf-8")
     summary_path = out / "summary.md"
     summary_path.write_text(summary_markdown(full_title, intro, tables, notes, simulated),
                             encoding="utf-8")
     json_path = out / "results.json"
-    payload = {"analysis": opts.name, "simulated": simulated, "description": bench.describe(),
-               "data": opts.data, "scorer": opts.scorer, "quality_name": opts.quality_name,
-               "n_items": len(bench.dataset), **data}
-    json_path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    payload = stable({"analysis": opts.name, "simulated": simulated,
+                      "description": bench.describe(), "data": opts.data, "scorer": opts.scorer,
+                      "quality_name": opts.quality_name, "n_items": len(bench.dataset), **data})
+    write_json(json_path, payload)
+    if readme is not None:
+        replace_readme_block(out.parent / README, opts.name, readme)
     return AnalysisOutput(opts.name, html_path, summary_path, json_path, tuple(figures),
                           tuple(tables), payload, time.perf_counter() - started)
 

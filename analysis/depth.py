@@ -25,8 +25,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.common import (QWEN110, AnalysisOptions, AnalysisOutput, Bench, Measurement, Table,
-                             base_layout, cli_main, error_y, fmt_paired, fmt_usd, paired_dict,
-                             run_bench, short, sim_suffix, write_outputs)
+                             base_layout, cli_main, error_y, fmt_paired, fmt_usd, markdown_table,
+                             paired_dict, run_bench, short, sim_suffix, write_outputs)
 from moa_search.config import PAPER_PROPOSERS, MoAConfig
 from moa_search.stats import PairedResult
 
@@ -95,7 +95,16 @@ def _outputs(bench: Bench, ms: Sequence[Measurement], paired: Sequence[PairedRes
                        for n, m, p in zip(LAYERS, ms, paired)]}
     return write_outputs(bench, title="Depth: quality, cost and latency vs number of layers",
                          figures=[_figure(bench, ms)], tables=[table], notes=notes, data=data,
-                         started=started)
+                         started=started, readme=readme_block(ms, paired))
+
+
+def readme_block(ms: Sequence[Measurement], paired: Sequence[PairedResult | None]) -> str:
+    """The table analysis/README.md quotes."""
+    rows = [[f"{n}" + (" (MoA)" if n == 3 else ""), m.ci_text, fmt_paired(p) if p else "–",
+             fmt_usd(m.cost_usd_per_item), f"{m.latency_p50_s:.1f}"]
+            for n, m, p in zip(LAYERS, ms, paired)]
+    return markdown_table(["layers", "quality, here", "vs one layer less, paired", "$/item",
+                           "latency p50 (s)"], rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

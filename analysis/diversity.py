@@ -28,7 +28,8 @@ import plotly.graph_objects as go
 
 from analysis.common import (QWEN110, AnalysisOptions, AnalysisOutput, Bench, Measurement, Table,
                              base_layout, cli_main, error_y, fmt_paired, fmt_usd,
-                             paired_dict, run_bench, short, sim_suffix, write_outputs)
+                             markdown_table, paired_dict, run_bench, short, sim_suffix,
+                             write_outputs)
 from moa_search.config import PAPER_PROPOSERS, MoAConfig
 from moa_search.stats import PairedResult, paired_comparison
 
@@ -81,6 +82,17 @@ def pooled_difference(bench: Bench, diff: Sequence[Measurement],
     return paired_comparison(a, b, seed=bench.opts.seed)
 
 
+def latent_gap(a: Measurement, b: Measurement) -> float | None:
+    """Simulated world: ``a``'s mean latent quality minus ``b``'s on the items both have
+    (logits): the gap the world itself put between the configs, before the judge's noise."""
+    shared = [i for i in a.latent if i in b.latent]
+    return sum(a.latent[i] - b.latent[i] for i in shared) / len(shared) if shared else None
+
+
+def _latent_text(gap: float | None) -> str:
+    return "n/a" if gap is None else f"{gap:+.2f}"
+
+
 def _figures(bench: Bench, alone: Measurement, diff: Sequence[Measurement],
              same: Sequence[Measurement]) -> list[go.Figure]:
     sim = sim_suffix(bench.simulated)
@@ -125,25 +137,32 @@ def _outputs(bench: Bench, alone: Measurement, diff: Sequence[Measurement],
              pooled: PairedResult | None, started: float) -> AnalysisOutput:
     sim = sim_suffix(bench.simulated)
     judged = bench.opts.scorer == "length_controlled"
-    headers = ["n", f"{DIFFERENT}{sim}", f"{SAME}{sim}", "different - same, paired (points)",
-               "$/item different", "$/item same"]
+    gaps = [latent_gap(d, s) for d, s in zip(diff, same)]
+    latent = any(g is not None for g in gaps)
+    headers = ["n", f"{DIFFERENT}{sim}", f"{SAME}{sim}", "different - same, paired (points)"]
+    headers += ["different - same, world's latent gap (logits)"] if latent else []
+    headers += ["$/item different", "$/item same"]
     if judged:
         headers += ["paper: different", "paper: same"]
     rows = []
-    for n, d, s, p in zip(NS, diff, same, paired):
-        row = [str(n), d.ci_text, s.ci_text, fmt_paired(p), fmt_usd(d.cost_usd_per_item),
-               fmt_usd(s.cost_usd_per_item)]
+    for n, d, s, p, g in zip(NS, diff, same, paired, gaps):
+        row = [str(n), d.ci_text, s.ci_text, fmt_paired(p)] + ([_latent_text(g)] if latent else [])
+        row += [fmt_usd(d.cost_usd_per_item), fmt_usd(s.cost_usd_per_item)]
         if judged:
             row += [f"{PAPER_DIFFERENT[n]:.1f}" if n in PAPER_DIFFERENT else "-",
                     f"{PAPER_SAME[n]:.1f}" if n in PAPER_SAME else "-"]
         rows.append(row)
-    rows.append([f"{NS[1]}-{NS[-1]} pooled", "", "", fmt_paired(pooled), "", ""]
-                + (["", ""] if judged else []))
+    rows.append([f"{NS[1]}-{NS[-1]} pooled", "", "", fmt_paired(pooled)]
+                + [""] * (len(headers) - 4))
     table = Table(f"{bench.opts.quality_name}, mean [95% bootstrap CI]{sim}", headers, rows,
                   note=f"{short(QWEN110)} alone (1 layer): {alone.ci_text}{sim}. Paired differences "
                        f"are per-item score differences x 100 (for the judge: raw preferences, not "
                        f"LC), with a paired bootstrap CI and the sign test's p; the pooled row "
-                       f"averages each item's scores over n = {NS[1]}..{NS[-1]} first.")
+                       f"averages each item's scores over n = {NS[1]}..{NS[-1]} first."
+                       + (" The latent gap is the simulated world's own difference between "
+                          "the final answers' latent qualities (logits; 0.1 moves a pairwise win "
+                          "rate by at most 2.5 points), read from the answers' footers: the "
+                          "effect on these items before the judge's noise." if latent else ""))
     notes = [f"Different models at n: the first n of {', '.join(short(m) for m in PAPER_PROPOSERS)}; "
              f"all agents at temperature 0.7.",
              "At n = 1 both series are the same config, so they coincide by construction."]
@@ -153,13 +172,36 @@ def _outputs(bench: Bench, alone: Measurement, diff: Sequence[Measurement],
     data = {"alone": alone.to_dict(),
             "series": {DIFFERENT: [{"n": n, **m.to_dict()} for n, m in zip(NS, diff)],
                        SAME: [{"n": n, **m.to_dict()} for n, m in zip(NS, same)]},
-            "paired_different_minus_same": [{"n": n, **(paired_dict(p) or {})}
-                                            for n, p in zip(NS, paired)],
+            "paired_different_minus_same": [{"n": n, **(paired_dict(p) or {}),
+                                             "latent_gap_logits": g}
+                                            for n, p, g in zip(NS, paired, gaps)],
             "pooled_different_minus_same": paired_dict(pooled),
             "paper_table3": {"different": PAPER_DIFFERENT, "same": PAPER_SAME}}
     return write_outputs(bench, title="Proposer diversity and count (MoA paper, Table 3)",
                          figures=_figures(bench, alone, diff, same), tables=[table], notes=notes,
-                         data=data, started=started)
+                         data=data, started=started,
+                         readme=readme_block(alone, diff, same, paired, gaps, pooled, judged))
+
+
+def readme_block(alone: Measurement, diff: Sequence[Measurement], same: Sequence[Measurement],
+                 paired: Sequence[PairedResult | None], gaps: Sequence[float | None],
+                 pooled: PairedResult | None, judged: bool) -> str:
+    """The table and the pooled line that analysis/README.md quotes."""
+    latent = any(g is not None for g in gaps)
+    headers = ["n", "different models, here", "one model ×n, here", "different − same, paired"]
+    headers += ["world's latent gap (logits)"] if latent else []
+    headers += ["paper: different", "paper: same"] if judged else []
+    rows = []
+    for n, d, s, p, g in zip(NS, diff, same, paired, gaps):
+        same_config = d.config.config_hash == s.config.config_hash
+        row = [str(n), d.ci_text, s.ci_text, "0 (same config)" if same_config else fmt_paired(p)]
+        row += [("0" if same_config else _latent_text(g))] if latent else []
+        row += [f"{PAPER_DIFFERENT[n]:.1f}" if n in PAPER_DIFFERENT else "–",
+                f"{PAPER_SAME[n]:.1f}" if n in PAPER_SAME else "–"] if judged else []
+        rows.append(row)
+    return (markdown_table(headers, rows) + "\n\n"
+            f"Pooled over n = {NS[1]}…{NS[-1]} (each item's scores averaged over n, then paired): "
+            f"{fmt_paired(pooled)}. {short(QWEN110)} alone: {alone.ci_text}.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,8 +29,8 @@ import plotly.graph_objects as go
 from scipy.stats import spearmanr
 
 from analysis.common import (QWEN110, AnalysisOptions, AnalysisOutput, Bench, Measurement, Table,
-                             base_layout, cli_main, error_y, fmt_paired, fmt_usd, paired_dict,
-                             run_bench, short, sim_suffix, write_outputs)
+                             base_layout, cli_main, error_y, fmt_paired, fmt_usd, markdown_table,
+                             paired_dict, run_bench, short, sim_suffix, write_outputs)
 from moa_search.config import PAPER_PROPOSERS, MoAConfig
 from moa_search.stats import PairedResult
 
@@ -136,9 +136,13 @@ def _outputs(bench: Bench, by_role: dict[str, list[Measurement]],
                         "rank_as_proposer": prop_rank[i]}
                        for i, m in enumerate(PAPER_PROPOSERS)],
             "spearman_alone_vs_aggregator": rho}
+    readme = (markdown_table(["model", "alone (rank)", "as aggregator (rank)",
+                              "aggregator gain, paired", "as proposer (rank)"],
+                             [row[:5] for row in rows])
+              + f"\n\nSpearman rank correlation, alone vs as aggregator: {rho:.2f}.")
     return write_outputs(bench, title="Roles: which models are good aggregators, which good proposers",
                          figures=[_figure(bench, by_role)], tables=[table], notes=notes, data=data,
-                         started=started)
+                         started=started, readme=readme)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:  # `analysis` is a folder of scripts beside the pa
 
 from analysis import budget, depth, diversity, roles, run_all  # noqa: E402
 from analysis.common import (DEFAULT_JUDGE, DEFAULT_STORE, AnalysisOptions, build_parser,  # noqa: E402
-                             options_from_args)
+                             options_from_args, readme_markers, rounded, stable)
 from moa_search.config import BUILTIN_PRESETS, PAPER_PROPOSERS  # noqa: E402
 from moa_search import scoring  # noqa: E402
 from moa_search.errors import ConfigError  # noqa: E402
@@ -106,8 +106,19 @@ def test_diversity_has_both_series_over_six_proposer_counts(tmp_path: Path, stor
 
 
 def test_depth_costs_and_latency_grow_with_layers(tmp_path: Path, store: Path) -> None:
+    begin, end = readme_markers("depth")
+    readme = tmp_path / "README.md"  # the README beside the output folders gets the table
+    readme.write_text(f"# before\n\n{begin}\nstale\n{end}\n\nafter\n", encoding="utf-8")
     out = depth.run(options("depth", tmp_path, store))
     _, summary = check_files(out, n_figures=1)
+    text = readme.read_text("utf-8")
+    assert text.startswith(f"# before\n\n{begin}\n| layers |") and text.endswith(f"{end}\n\nafter\n")
+    assert "stale" not in text
+    block = table_rows(text.split(begin)[1].split(end)[0])
+    assert [r[0] for r in block[1:]] == ["1", "2", "3 (MoA)", "4"]
+    # the same numbers as the summary's table, formatted the same way
+    assert [r[1] for r in block[1:]] == [r[2] for r in table_rows(summary)[1:]]
+    assert [r[3] for r in block[1:]] == [r[4] for r in table_rows(summary)[1:]]
     layers = out.data["layers"]
     assert [p["layers"] for p in layers] == [1, 2, 3, 4]
     costs = [p["cost_usd_per_item"] for p in layers]
@@ -157,6 +168,38 @@ def test_budget_marks_exactly_the_non_dominated_points(tmp_path: Path, store: Pa
     rows = table_rows(summary)
     paper = {r[0]: r[-1] for r in rows if r[0] in budget.PAPER_LC}
     assert paper == {k: f"{v:.1f}" for k, v in budget.PAPER_LC.items()}
+
+
+def test_results_json_and_figures_hold_stable_numbers(tmp_path: Path, store: Path) -> None:
+    """What a file holds is rounded once, by one rule, so last-digit float noise (another CPU,
+    another summation order) cannot reach the committed bytes."""
+    out = budget.run(options("budget", tmp_path, store, extra={"study": None}))
+    text = out.json_path.read_text("utf-8")
+    assert json.loads(text) == out.data == stable(out.data)
+    floats = re.findall(r'"(\w+)": (-?\d+\.\d+(?:e-?\d+)?)', text)
+    assert floats
+    for key, number in floats:  # dollars keep 6 significant digits, everything else 4
+        digits = len(f"{float(number):e}".split("e")[0].replace(".", "").rstrip("0"))
+        assert digits <= (6 if "usd" in key else 4), (key, number)
+    html = out.html_path.read_text("utf-8")
+    plotted = [float(x) for x in re.findall(r'"(?:x|y|array|arrayminus)":\[([^\]]*)\]', html)
+               for x in x.split(",") if x]  # type: ignore[misc]
+    assert plotted and all(x == rounded(x) for x in plotted)
+
+
+def test_rounding_is_one_rule_and_idempotent() -> None:
+    # the issue's example: two machines' last digits, one written number
+    assert rounded(59.291228922023656) == rounded(59.29122892202366) == 59.29
+    assert rounded(0.000768912345, 6) == 0.000768912 and rounded(0.0) == 0.0
+    assert math.isnan(rounded(math.nan))
+    data = {"quality": 44.16868757106459, "cost_usd_per_item": 0.0007689123456,
+            "series": [{"latency_p50_s": 9.349999999999, "n": 3, "ok": True}],
+            "low": math.nan, "paper": {1: 47.8}, "pair": (1.23456, "a")}
+    once = stable(data)
+    assert once == {"quality": 44.17, "cost_usd_per_item": 0.000768912,
+                    "series": [{"latency_p50_s": 9.35, "n": 3, "ok": True}],
+                    "low": None, "paper": {1: 47.8}, "pair": [1.235, "a"]}
+    assert stable(once) == once
 
 
 def test_pareto_mask_handles_ties_and_missing_values() -> None:

@@ -20,17 +20,18 @@ from .backends import default_catalog, make_provider
 from .catalog import Catalog
 from .config import BUILTIN_PRESETS, LOCAL_PRESETS, MoAConfig, builtin_preset
 from .datasets import Dataset, answer_key_pairs, resolve_dataset
-from .errors import ConfigError, MoASearchError
+from .errors import ConfigError, MoASearchError, WorkFailedError
 from .local import DEFAULT_CATALOG_OUT, DEFAULT_N_CTX
 from .keys import scrub
 from .progress import item_progress
 from .prompts import user_prompt
-from .runner import ItemTrace, Runner
+from .runner import DegradedPolicy, ItemTrace, Runner
 
 if TYPE_CHECKING:
     from .evaluate import ConfigEvaluation
     from .providers.base import Provider
     from .search import StudyResult, TrialRecord
+    from .serving import ConnectionLimits
 from .store import CallStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -39,18 +40,32 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 out = Console(width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
-DEFAULT_STORE = Path("runs/calls.db")
+DEFAULT_STORE = "runs/calls.db"
 DEFAULT_JUDGE = "gpt-4-turbo-2024-04-09"  # AlpacaEval 2.0's annotator family
 
 CatalogOpt = Annotated[Optional[Path], typer.Option("--catalog", help="Model catalog TOML (default: built-in).")]
-StoreOpt = Annotated[Path, typer.Option("--store", help="SQLite call store (cache and log of every call).")]
+StoreOpt = Annotated[str, typer.Option("--store", help="Call store (cache and log of every call): an SQLite file, or postgresql://USER@HOST/DB.")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="'sim' (offline simulated world), 'http', or 'local' (llama.cpp servers started here; default catalog: the local one).")]
 BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="Send every model to this endpoint.")]
 KeyEnvOpt = Annotated[str, typer.Option("--api-key-env", help="Env var holding the key for --base-url (its name, never the key).")]
-RetriesOpt = Annotated[Optional[int], typer.Option("--retries", min=0, help="HTTP retries per call on 429/5xx/timeouts (default 6).")]
+RetriesOpt = Annotated[Optional[int], typer.Option("--retries", min=0, help="HTTP retries per call, one budget for 429/5xx/timeouts/malformed replies (default 6).")]
 TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", min=0.001, help="Seconds per HTTP request, every endpoint (default: the catalog's timeout_s, else 120).")]
 ConcurrencyOpt = Annotated[Optional[int], typer.Option("--concurrency", min=1, help="HTTP requests in flight per endpoint (default: the catalog's concurrency, else 16).")]
 SimEndpointOpt = Annotated[bool, typer.Option("--sim-endpoint", help="The --base-url is `moa-search sim-server`: send sample indices so Self-MoA samples differ.")]
+# Connection limits of `serve` and `sim-server` (serving.ConnectionLimits; None = its default).
+HeaderTimeoutOpt = Annotated[Optional[float], typer.Option("--header-timeout", min=0.001, max=3600, help="Seconds a client has to send a request's head (default 10); then 408 and close.")]
+BodyTimeoutOpt = Annotated[Optional[float], typer.Option("--body-timeout", min=0.001, max=3600, help="Seconds a client has to send a request's body after its head (default 30).")]
+IdleTimeoutOpt = Annotated[Optional[float], typer.Option("--idle-timeout", min=0.001, max=3600, help="Seconds an idle keep-alive connection stays open (default 15).")]
+MaxConnectionsOpt = Annotated[Optional[int], typer.Option("--max-connections", min=1, max=100_000, help="Open connections at most; more are closed on accept (default: half the open-file limit, at most 1024).")]
+DegradedOpt = Annotated[DegradedPolicy, typer.Option("--degraded", help="An item that lost an agent (a proposer failed after its retries): 'score' it with the answer the others made (default here), or 'fail' it (studies' default). Counted either way.")]
+
+
+def connection_limits(header_timeout: float | None, body_timeout: float | None, idle_timeout: float | None,
+                      max_connections: int | None) -> "ConnectionLimits":
+    from .serving import ConnectionLimits
+    given = {"header_timeout_s": header_timeout, "body_timeout_s": body_timeout,
+             "idle_timeout_s": idle_timeout, "max_connections": max_connections}
+    return ConnectionLimits(**{name: value for name, value in given.items() if value is not None})
 
 
 def load_catalog(path: Path | None, backend: str = "sim") -> Catalog:
@@ -64,8 +79,8 @@ def resolve_config(preset: str | None, config_file: Path | None) -> MoAConfig:
     return builtin_preset(preset).config if preset else load_config_or_preset(config_file)  # type: ignore[arg-type]
 
 
-def open_store(path: Path, no_store: bool = False) -> "CallStore | None":
-    return None if no_store else CallStore(path)
+def open_store(location: str, no_store: bool = False) -> "CallStore | None":
+    return None if no_store else CallStore(location)
 
 
 def resolve_config_ref(ref: str, catalog: Catalog) -> MoAConfig:
@@ -99,7 +114,7 @@ def provider_for(backend: str, cat: Catalog, base_url: str | None, dataset: "Dat
 T = TypeVar("T")
 
 
-def on_backend(make_provider_: "Callable[[], Provider]", store: Path | None,
+def on_backend(make_provider_: "Callable[[], Provider]", store: str | None,
                work: "Callable[[Provider, CallStore | None], Awaitable[T]]") -> T:
     """Run ``work`` with a new provider, then the call store, in that order: a backend that
     cannot start (a local model's server) fails before the store is opened, so bad input leaves
@@ -133,6 +148,7 @@ def trace_summary(trace: ItemTrace) -> dict[str, object]:
         "calls": trace.n_calls,
         "cached_calls": trace.n_cached,
         "failed_calls": trace.n_failed_calls,
+        "degraded": trace.degraded,
         "prompt_tokens": trace.prompt_tokens,
         "completion_tokens": trace.completion_tokens,
         "cost_usd": round(trace.cost_usd, 6),
@@ -159,6 +175,7 @@ def run(
     api_key_env: KeyEnvOpt = "",
     timeout: TimeoutOpt = None,
     concurrency: ConcurrencyOpt = None,
+    degraded: DegradedOpt = DegradedPolicy.SCORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run one MoA config on one prompt; print the answer and its cost and latency."""
@@ -170,17 +187,18 @@ def run(
                                             api_key_env=api_key_env, timeout_s=timeout, concurrency=concurrency,
                                             models=cfg.models),
                        None if no_store else store,
-                       lambda provider, call_store: Runner(provider, call_store).run_item(cfg, messages))
+                       lambda provider, call_store: Runner(provider, call_store, degraded=degraded).run_item(cfg, messages))
     summary = trace_summary(trace)
     if as_json:
         out.print_json(json.dumps({"answer": trace.answer, "error": trace.error,
                                    "config_hash": cfg.config_hash, **summary}))
     else:
         label = " (simulated)" if trace.simulated else ""
-        if trace.failed:
-            err.print(f"error: item failed: {trace.error}", markup=False, highlight=False, soft_wrap=True)
-        else:
+        if not trace.failed:
             out.print(trace.answer, markup=False, highlight=False, soft_wrap=True)
+            if trace.degraded:
+                _say_error(f"degraded: made without {trace.n_failed_calls} of its agents, first error: "
+                           f"{trace.first_error()}", prefix="warning")
         out.rule()
         out.print(f"config {cfg.summary()} [{cfg.config_hash}]", markup=False)
         out.print(f"calls {trace.n_calls} ({trace.n_cached} from store, {trace.n_failed_calls} failed) · "
@@ -190,7 +208,7 @@ def run(
         if not trace.simulated:  # the simulated world's latency is simulated; its wall time says nothing
             out.print(f"wall time here {trace.wall_s:.2f} s (with queueing and retries)", markup=False)
     if trace.failed:
-        raise typer.Exit(1)
+        raise WorkFailedError(" ".join(f"item failed: {trace.error}".split()))
 
 
 @app.command("sim-server")
@@ -206,6 +224,10 @@ def sim_server(
     rate_timeout: Annotated[float, typer.Option("--fault-timeout", min=0, max=1)] = 0.0,
     rate_malformed: Annotated[float, typer.Option("--fault-malformed", min=0, max=1)] = 0.0,
     answer_key: Annotated[Optional[list[Path]], typer.Option("--answer-key", help="Validation set(s) whose references the simulated world knows.")] = None,
+    header_timeout: HeaderTimeoutOpt = None,
+    body_timeout: BodyTimeoutOpt = None,
+    idle_timeout: IdleTimeoutOpt = None,
+    max_connections: MaxConnectionsOpt = None,
 ) -> None:
     """Serve the simulated model world over an OpenAI-compatible HTTP API."""
     from .providers.simulated import SimulatedProvider
@@ -218,7 +240,8 @@ def sim_server(
     err.print("serving the simulated model world (simulated answers, not real LLMs); "
               "the listening address is logged below", markup=False)
     serve_forever(provider, host, port, faults=faults, sleep_latency=sleep or latency_ms is not None,
-                  latency_override_s=None if latency_ms is None else latency_ms / 1000)
+                  latency_override_s=None if latency_ms is None else latency_ms / 1000,
+                  limits=connection_limits(header_timeout, body_timeout, idle_timeout, max_connections))
 
 
 DataOpt = Annotated[str, typer.Option("--data", help="Validation set: a JSONL path or a built-in name (math, choice, instruct).")]
@@ -236,9 +259,11 @@ def _load_items(data: str, n_items: int | None, seed: int) -> Dataset:
 
 
 async def _evaluate(cfg: MoAConfig, ds: Dataset, scorer: str, judge_model: str | None, provider: "Provider",
-                    call_store: CallStore | None, quiet: bool, label: str) -> "ConfigEvaluation":
+                    call_store: CallStore | None, quiet: bool, label: str,
+                    degraded: DegradedPolicy) -> "ConfigEvaluation":
     from .evaluate import DatasetEvaluator
-    evaluator = DatasetEvaluator(provider, call_store, ds, scorer, scorer_options(scorer, judge_model))
+    evaluator = DatasetEvaluator(provider, call_store, ds, scorer, scorer_options(scorer, judge_model),
+                                 degraded=degraded)
     with item_progress(len(ds), label, quiet=quiet, console=err) as on_item:
         return await evaluator.evaluate_items(cfg, ds.ids, f"eval:{cfg.config_hash}", on_item=on_item)
 
@@ -248,14 +273,19 @@ def _print_evaluation(ev: "ConfigEvaluation") -> None:
     sim = " (simulated)" if ev.simulated else ""
     q = r.quality
     out.print(f"{ev.config.summary()} [{ev.config.config_hash}]{sim}", markup=False)
-    out.print(f"  quality ({r.scorer}, {r.headline}): {100 * q.mean:.1f}% "
-              f"[{100 * q.low:.1f}, {100 * q.high:.1f}] {int(100 * q.confidence)}% CI, "
-              f"n={r.n_scored}/{r.n} scored", markup=False)
+    if r.n_scored:
+        out.print(f"  quality ({r.scorer}, {r.headline}): {100 * q.mean:.1f}% "
+                  f"[{100 * q.low:.1f}, {100 * q.high:.1f}] {int(100 * q.confidence)}% CI, "
+                  f"n={r.n_scored}/{r.n} scored", markup=False)
+    else:
+        out.print(f"  quality ({r.scorer}): none, n=0/{r.n} scored", markup=False)
     if r.win_rate is not None:
         out.print(f"  win rate vs baseline {r.win_rate:.1f} ± {r.win_rate_se:.1f} (s.e.) · "
                   f"length-controlled {r.lc_win_rate:.1f}", markup=False)
     counts = ", ".join(f"{k} {v}" for k, v in r.counts.items() if v)
-    out.print(f"  items: {counts}", markup=False)
+    fate = "failed" if ev.degraded_policy is DegradedPolicy.FAIL else "scored"
+    out.print(f"  items: {counts}; degraded {ev.n_degraded} ({fate}, --degraded "
+              f"{ev.degraded_policy.value})", markup=False)
     for cat, est in sorted(r.per_category.items()):
         out.print(f"    {cat:<14} {100 * est.mean:5.1f}%  (n={est.n})", markup=False)
     out.print(f"  cost ${ev.cost_usd_per_item:.6f}/item{sim} · judge ${r.judge_cost_usd:.4f} total · "
@@ -282,11 +312,13 @@ def eval_(
     api_key_env: KeyEnvOpt = "",
     timeout: TimeoutOpt = None,
     concurrency: ConcurrencyOpt = None,
+    degraded: DegradedOpt = DegradedPolicy.SCORE,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the JSON result here.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Measure one config on a validation set: quality with CI, cost per item, latency."""
+    """Measure one config on a validation set: quality with CI, cost per item, latency.
+    Exits 1, naming the first error, when no item could be scored."""
     cfg = resolve_config(preset, config_file)
     cat = load_catalog(catalog, backend)
     cat.check_config(cfg)
@@ -295,7 +327,7 @@ def eval_(
     ev = on_backend(lambda: provider_for(backend, cat, base_url, ds, sim_endpoint, retries, api_key_env, timeout,
                                          concurrency, needed), store,
                     lambda provider, call_store: _evaluate(cfg, ds, scorer, judge_model, provider, call_store,
-                                                           quiet or as_json, "eval"))
+                                                           quiet or as_json, "eval", degraded))
     result = {"dataset": ds.name, "dataset_source": ds.source, **ev.to_dict()}
     if out_file:
         out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -306,6 +338,13 @@ def eval_(
         _print_evaluation(ev)
         if out_file:
             out.print(f"  wrote {out_file}", markup=False)
+    _fail_if_nothing_scored(ev)
+
+
+def _fail_if_nothing_scored(ev: "ConfigEvaluation", label: str = "") -> None:
+    failure = ev.total_failure()
+    if failure is not None:
+        raise WorkFailedError(label + failure)
 
 
 @app.command()
@@ -326,10 +365,12 @@ def compare(
     api_key_env: KeyEnvOpt = "",
     timeout: TimeoutOpt = None,
     concurrency: ConcurrencyOpt = None,
+    degraded: DegradedOpt = DegradedPolicy.SCORE,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Paired comparison of two configs on the same items (paired bootstrap, sign test)."""
+    """Paired comparison of two configs on the same items (paired bootstrap, sign test).
+    Exits 1, naming the first error, when a config had no item scored."""
     from .stats import paired_comparison
     cat = load_catalog(catalog, backend)
     cfg_a, cfg_b = resolve_config_ref(a, cat), resolve_config_ref(b, cat)
@@ -339,11 +380,13 @@ def compare(
     needed = models_needed(cfg_a, cfg_b, scorer_opts=scorer_options(scorer, judge_model))
 
     async def both(provider: "Provider", call_store: CallStore | None) -> "tuple[ConfigEvaluation, ConfigEvaluation]":
-        return (await _evaluate(cfg_a, ds, scorer, judge_model, provider, call_store, quiet or as_json, "A"),
-                await _evaluate(cfg_b, ds, scorer, judge_model, provider, call_store, quiet or as_json, "B"))
+        return (await _evaluate(cfg_a, ds, scorer, judge_model, provider, call_store, quiet or as_json, "A", degraded),
+                await _evaluate(cfg_b, ds, scorer, judge_model, provider, call_store, quiet or as_json, "B", degraded))
 
     ev_a, ev_b = on_backend(lambda: provider_for(backend, cat, base_url, ds, sim_endpoint, retries, api_key_env,
                                                  timeout, concurrency, needed), store, both)
+    _fail_if_nothing_scored(ev_a, f"A ({a}): ")
+    _fail_if_nothing_scored(ev_b, f"B ({b}): ")
     both = [i for i in ds.ids if ev_a.result.values.get(i) is not None and ev_b.result.values.get(i) is not None]
     if len(both) < 2:
         raise MoASearchError(f"only {len(both)} item(s) were scored for both configs; cannot compare")
@@ -377,9 +420,7 @@ def calls(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List and filter the call store, newest first, with the spend of the selection."""
-    if not store.exists():
-        raise ConfigError("no call store here yet", source=str(store))
-    cs = CallStore(store)
+    cs = CallStore(store, create=False)  # "no call store here yet" rather than a new one
     rows = cs.calls(model=model, role=role, run_id_prefix=run, cached=cached, limit=limit)
     spend = cs.spend(run_id_prefix=run)
     if as_json:
@@ -411,6 +452,10 @@ def serve(
     concurrency: Annotated[Optional[int], typer.Option("--concurrency", "--endpoint-concurrency", min=1, help="Inner calls in flight per upstream endpoint (default: the catalog's concurrency, else 16).")] = None,
     timeout: TimeoutOpt = None,
     catalog: Annotated[Optional[Path], typer.Option("--catalog", help="With --backend local: the catalog giving the preset's local models' GGUF files (default: the built-in local catalog).")] = None,
+    header_timeout: HeaderTimeoutOpt = None,
+    body_timeout: BodyTimeoutOpt = None,
+    idle_timeout: IdleTimeoutOpt = None,
+    max_connections: MaxConnectionsOpt = None,
 ) -> None:
     """Serve a preset as an OpenAI-compatible /v1/chat/completions endpoint."""
     import os
@@ -428,7 +473,8 @@ def serve(
         cat = attach_local(cat, load_catalog(catalog, backend))
     provider = make_provider(backend, cat, base_url=base_url, sim_endpoint=sim_endpoint, api_key_env=api_key_env,
                              max_concurrency=concurrency, timeout_s=timeout, models=p.config.models)
-    serve_preset(p, provider, host=host, port=port, store=open_store(store), api_key=token)
+    serve_preset(p, provider, host=host, port=port, store=open_store(store), api_key=token,
+                 limits=connection_limits(header_timeout, body_timeout, idle_timeout, max_connections))
 
 
 study_app = typer.Typer(no_args_is_help=True, help="Run, inspect and export searches over MoA configs.")
@@ -445,7 +491,9 @@ def _metrics_row(r: "TrialRecord") -> list[str]:
             f"{m.latency_p50_s:.2f}", f"{m.latency_p95_s:.2f}", str(m.n_items)]
 
 
-def print_study(result: "StudyResult") -> None:
+def print_study(result: "StudyResult", degraded: DegradedPolicy | None = None) -> None:
+    """The front, the target answer, the trial and spend counts, and the items faults touched
+    (``degraded``: the study's ``[scorer] degraded`` policy, named when given)."""
     from rich.table import Column, Table
     sim = " (simulated world)" if result.is_simulated else ""
     table = Table("trial", Column("config", min_width=30), "quality % [95% CI]", "$/item", "p50 s", "p95 s", "n",
@@ -464,6 +512,11 @@ def print_study(result: "StudyResult") -> None:
     out.print(f"{len(result.trials)} trials ({ran} evaluated, {dups} repeats of an evaluated config served "
               f"free, {len(result.evaluated)} distinct configs at full fidelity) · spent ${result.spent_usd:.4f}{sim} in {result.spent_calls} paid calls"
               + (f" · stopped: {result.stop_reason}" if result.stop_reason else ""), markup=False)
+    measured = [r.metrics for r in result.trials if r.counted and r.metrics is not None]
+    policy = "" if degraded is None else (f" ({'failed' if degraded is DegradedPolicy.FAIL else 'scored'}: "
+                                          f"[scorer] degraded = \"{degraded.value}\")")
+    out.print(f"items with failed runs {sum(m.n_failed for m in measured)}, degraded "
+              f"{sum(m.n_degraded for m in measured)}{policy}", markup=False)
 
 
 def _result_json(result: "StudyResult") -> dict[str, object]:
@@ -474,7 +527,8 @@ def _result_json(result: "StudyResult") -> dict[str, object]:
                 "quality": m.quality if m else None, "quality_ci": [m.quality_low, m.quality_high] if m else None,
                 "cost_usd_per_item": m.cost_usd_per_item if m else None,
                 "latency_p50_s": m.latency_p50_s if m else None, "latency_p95_s": m.latency_p95_s if m else None,
-                "n_items": m.n_items if m else None}
+                "n_items": m.n_items if m else None, "n_failed": m.n_failed if m else None,
+                "n_degraded": m.n_degraded if m else None}
     out_json: dict[str, object] = {"study": result.study_name, "simulated": result.is_simulated,
                                    "spent_usd": result.spent_usd, "spent_calls": result.spent_calls,
                                    "stop_reason": result.stop_reason,
@@ -498,21 +552,25 @@ def study_run(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Run (or resume) a study; print the Pareto front."""
+    """Run (or resume) a study; print the Pareto front. Exits 1, naming the first error, when
+    trials were evaluated but not one item could be scored."""
     from .progress import trial_progress
     from .study import EndpointOverrides, run_study_file
     from .study_spec import load_study_spec
     optuna_quiet()
-    total = load_study_spec(study_file, runs_dir=runs_dir).budget.trials
-    with trial_progress(total, quiet=quiet or as_json, console=err) as on_trial:
+    spec = load_study_spec(study_file, runs_dir=runs_dir)
+    with trial_progress(spec.budget.trials, quiet=quiet or as_json, console=err) as on_trial:
         result = run_study_file(study_file, runs_dir=runs_dir, workers=workers, on_trial=on_trial,
                                 overrides=EndpointOverrides(timeout, concurrency))
     if as_json:
         out.print_json(json.dumps(_result_json(result)))
     else:
-        print_study(result)
+        print_study(result, spec.scorer.degraded)
     if report is not None:
         _write_report(study_file, runs_dir, report, quiet=as_json)
+    failure = result.total_failure()
+    if failure is not None:
+        raise WorkFailedError(failure)
 
 
 def optuna_quiet() -> None:
@@ -529,11 +587,11 @@ def study_show(
 ) -> None:
     """Print a study's Pareto front, the cheapest config meeting the target, and the spend."""
     from .study import study_result
-    _, result = study_result(study_file, runs_dir=runs_dir)
+    spec, result = study_result(study_file, runs_dir=runs_dir)
     if as_json:
         out.print_json(json.dumps(_result_json(result)))
     else:
-        print_study(result)
+        print_study(result, spec.scorer.degraded)
 
 
 @study_app.command("export")
@@ -622,8 +680,8 @@ def _answer_key(paths: list[Path]) -> "object | None":
     return AnswerKey.from_pairs(pairs)
 
 
-def _say_error(message: str) -> None:
-    err.print(f"error: {scrub(message)}", markup=False, highlight=False, soft_wrap=True)
+def _say_error(message: str, prefix: str = "error") -> None:
+    err.print(f"{prefix}: {scrub(message)}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _command_path(argv: list[str] | None) -> str:
@@ -648,6 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
     try:
         code = app(args=argv, standalone_mode=False, prog_name="moa-search")
+    except WorkFailedError as exc:  # valid input, nothing came of it: every call failed, ...
+        _say_error(str(exc))
+        return 1
     except MoASearchError as exc:
         _say_error(str(exc))
         return 2

@@ -1,43 +1,42 @@
 """The call store: every LLM call goes through here, so a paid answer is never paid for twice.
 
 Money is real. A search runs thousands of calls, is interrupted, resumed, re-run with one more
-trial, and run by several worker processes at once; every call that was already answered must be
-served from disk (free and instant), and a run killed at any moment must lose no call it paid for.
-The store is also the run log: one ``calls`` row per request the toolkit made (paid, served from
-the store, or failed), which is what ``spend()`` and the ``moa-search calls`` viewer read. Like
-simonw's ``llm``, it is a plain SQLite file written with sqlite-utils, so users can open it with
-``sqlite-utils`` or Datasette and ask their own questions.
+trial, and run by several worker processes (or machines) at once; every call that was already
+answered must be served from the store (free and instant), and a run killed at any moment must
+lose no call it paid for. The store is also the run log: one ``calls`` row per request the
+toolkit made (paid, served from the store, or failed), which is what ``spend()`` and the
+``moa-search calls`` viewer read.
 
-Two tables:
+Where it lives: a plain SQLite file by default (like simonw's ``llm``: open it with
+``sqlite-utils`` or Datasette and ask your own questions), or a PostgreSQL database
+(``postgresql://...``) that the machines of one study share. ``store_backend`` picks the backend
+by URL scheme; this module holds every rule and speaks one SQL to both; ``store_schema`` holds
+the tables as numbered migrations.
+
+Three tables:
 
 - ``responses``: one row per cache key (the first answer stored for it wins), holding the request
   identity (model, messages, sampling params, sample index; never headers or keys) and what the
   provider answered, with its usage, list cost and timings.
 - ``calls``: one row per request made, newest = highest ``id``.
+- ``inflight``: one row per request sent and not yet answered (a claim).
 
-Durability: each write is its own short ``BEGIN IMMEDIATE`` transaction, committed before the
-answer is returned. The file is in WAL mode with ``synchronous=NORMAL``, so a committed write
-survives the process being killed (it is in the WAL, which the next opener replays); only an OS
-crash or power cut can drop the last few commits. Full fsync per call would block the event
-loop on every answer for a risk the brief does not ask us to cover.
+Durability: every write is a short transaction committed before the answer is returned.
 
 Concurrency: asyncio tasks in one process share one connection behind a ``threading.Lock``
-(writes are synchronous and take well under a millisecond); processes share the file through WAL
-and a 60 s busy timeout. Identical requests are *single-flighted* across tasks and processes:
-one provider call, the others wait for it and are logged as cache hits. Within a process a
-future carries the answer; across processes the leader first *claims* the key in the
-``inflight`` table (in the same ``BEGIN IMMEDIATE`` transaction that finds no stored answer) and
-the others poll until the answer is stored. A claim is removed with the answer (or the error);
-a claim whose process is gone (same host: its pid is dead; another host: older than
+(writes are synchronous and take well under a millisecond locally); processes and machines share
+the database. Identical requests are *single-flighted* across tasks, processes and machines: one
+provider call, the others wait for it and are logged as cache hits. Within a process a future
+carries the answer; across processes the leader first *claims* the key in the ``inflight``
+table (in one transaction that finds no live claim and no stored answer) and the others poll
+until the answer is stored. A claim is removed with the answer (or the error); a claim whose
+process is gone (same host: its pid is dead; another host: older than the lease,
 ``CLAIM_LEASE_S``) is stale, and the next process to meet it takes the key over.
 
 Crash trace: the claim is written *before* the request is sent. When its process dies (kill -9)
 or is cancelled mid-request, the provider may have billed the call though no answer was stored;
 such a claim becomes a ``calls`` row with ``possibly_billed = 1``, which ``spend()`` counts, so
 a study's books show every request that may have cost money.
-
-Schema changes are numbered migrations (``_MIGRATIONS``); ``store_meta.schema_version`` is the
-last one applied, so an older file is upgraded in place and a newer one is refused.
 """
 
 from __future__ import annotations
@@ -46,101 +45,52 @@ import asyncio
 import hashlib
 import os
 import socket
-import sqlite3
 import threading
 import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator, get_args
-
-import sqlite_utils
+from typing import Any, Iterator, get_args
 
 from .config import canonical_json
-from .errors import MoASearchError
 from .keys import scrub, scrub_content
 from .providers.base import ChatRequest, Completion, Provider, ProviderError, Role, Usage
+from .store_backend import NoStoreError, StoreBackend, StoreError, first_line, open_backend
+from .store_schema import (CALL_COLUMNS, INFLIGHT_COLUMNS, RESPONSE_COLUMNS, SCHEMA_VERSION,
+                           STORE_FORMAT, init_schema)
 
-__all__ = ["CallRow", "CallStore", "Spend", "StoreError", "SCHEMA_VERSION", "STORE_FORMAT"]
+__all__ = ["CallRow", "CallStore", "NoStoreError", "Spend", "StoreError", "SCHEMA_VERSION",
+           "STORE_FORMAT"]
 
-SCHEMA_VERSION = 2
-STORE_FORMAT = "moa_search.call_store"
-BUSY_TIMEOUT_S = 60.0
 #: A claim by a process on another host is taken over after this long (its process cannot be
 #: checked); longer than any request the HTTP provider lets run, retries included.
 CLAIM_LEASE_S = 900.0
 #: How often a process waiting for another's call looks for the answer (grows to the maximum).
 CLAIM_POLL_S = (0.02, 0.5)
 
-_META_TABLE = "store_meta"
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _ROLES: frozenset[str] = frozenset(get_args(Role))
-
-_RESPONSE_COLUMNS: dict[str, type] = {
-    "key": str, "endpoint": str, "model": str, "request_json": str, "text": str,
-    "prompt_tokens": int, "completion_tokens": int, "cost_usd": float, "latency_s": float,
-    "ttft_s": float, "finish_reason": str, "simulated": int, "created_at": str,
-}
-_CALL_COLUMNS: dict[str, type] = {
-    "id": int, "ts": str, "key": str, "model": str, "role": str, "run_id": str, "item_id": str,
-    "config_hash": str, "cached": int, "paid_usd": float, "cost_usd": float, "latency_s": float,
-    "error": str, "status": int,
-}
-_INFLIGHT_COLUMNS: dict[str, type] = {
-    "key": str, "owner": str, "host": str, "pid": int, "started": float, "ts": str, "model": str,
-    "role": str, "run_id": str, "item_id": str, "config_hash": str,
-}
-
-
-
-def _insert_sql(table: str, columns: list[str], verb: str = "INSERT") -> str:
-    """Hot-path inserts are prepared SQL, not sqlite-utils' ``insert()``: that one inspects the
-    table and wraps each row in a savepoint (about five statements per row), which tripled the
-    time the event loop is blocked per call. Schema, queries and the log viewer use sqlite-utils."""
-    names = ", ".join(columns)
-    marks = ", ".join(f":{c}" for c in columns)
-    return f"{verb} INTO {table} ({names}) VALUES ({marks})"
-
-
-# OR IGNORE: another process may have stored this key meanwhile; the first answer wins
-_INSERT_RESPONSE = _insert_sql("responses", list(_RESPONSE_COLUMNS), "INSERT OR IGNORE")
-_INSERT_CALL = _insert_sql("calls", [c for c in _CALL_COLUMNS if c != "id"] + ["possibly_billed"])
-_INSERT_CLAIM = _insert_sql("inflight", list(_INFLIGHT_COLUMNS))
 _HOST = socket.gethostname()
 
 
-def _migrate_1(db: sqlite_utils.Database) -> None:
-    """The first schema: answers and the run log."""
-    db["responses"].create(_RESPONSE_COLUMNS, pk="key", if_not_exists=True,
-                           not_null={"endpoint", "model", "request_json", "text"})
-    db["calls"].create(_CALL_COLUMNS, pk="id", if_not_exists=True,
-                       not_null={"ts", "key", "model", "role", "cached"})
-    for column in ("run_id", "model", "role"):
-        db["calls"].create_index([column], if_not_exists=True)
+@lru_cache(maxsize=None)
+def _insert_sql(table: str, columns: tuple[str, ...], on_conflict: str = "") -> str:
+    """Hot-path inserts are prepared SQL with one placeholder per column, in ``columns`` order."""
+    names = ", ".join(columns)
+    marks = ", ".join("?" for _ in columns)
+    return f"INSERT INTO {table} ({names}) VALUES ({marks}){' ' + on_conflict if on_conflict else ''}"
 
 
-def _migrate_2(db: sqlite_utils.Database) -> None:
-    """Cross-process single-flight and the crash trace: claims, and possibly billed calls."""
-    db["inflight"].create(_INFLIGHT_COLUMNS, pk="key", if_not_exists=True,
-                          not_null={"owner", "host", "pid", "started"})
-    if "possibly_billed" not in db["calls"].columns_dict:
-        db.execute("ALTER TABLE calls ADD COLUMN possibly_billed INTEGER NOT NULL DEFAULT 0")
-
-
-#: Numbered schema migrations, applied in order inside one transaction; never edit a released one.
-_MIGRATIONS: tuple[tuple[int, Callable[[sqlite_utils.Database], None]], ...] = (
-    (1, _migrate_1), (2, _migrate_2))
-assert [n for n, _ in _MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
-
-
-class StoreError(MoASearchError):
-    """The call store file cannot be used as one. The message starts with the file's path."""
-
-    def __init__(self, message: str, *, path: str | Path):
-        self.path = str(path)
-        super().__init__(f"{path}: {message}")
+_RESPONSE_FIELDS = tuple(RESPONSE_COLUMNS)
+_CALL_FIELDS = tuple(c for c in CALL_COLUMNS if c != "id")
+_CLAIM_FIELDS = tuple(INFLIGHT_COLUMNS)
+# DO NOTHING: another process may have stored this key meanwhile; the first answer wins
+_INSERT_RESPONSE = _insert_sql("responses", _RESPONSE_FIELDS, "ON CONFLICT (key) DO NOTHING")
+_INSERT_CALL = _insert_sql("calls", _CALL_FIELDS)
+# DO NOTHING: a process that claimed the key meanwhile holds it (the insert reports 0 rows)
+_INSERT_CLAIM = _insert_sql("inflight", _CLAIM_FIELDS, "ON CONFLICT (key) DO NOTHING")
 
 
 @dataclass(frozen=True)
@@ -212,17 +162,19 @@ class _CallContext:
     config_hash: str | None
 
 
-def _claim_is_stale(claim: dict[str, Any]) -> bool:
-    """Is the process that holds this claim gone? Checked by pid on this host, by age elsewhere."""
+def _stale_reason(claim: dict[str, Any], lease_s: float) -> str | None:
+    """Why the process holding this claim is gone, or None while it may be alive: checked by
+    pid on this host, by the lease elsewhere (another host's pids cannot be checked)."""
     if claim["host"] != _HOST:
-        return time.time() - float(claim["started"]) > CLAIM_LEASE_S
+        age_s = time.time() - float(claim["started"])
+        return f"no answer within the {lease_s:g} s lease" if age_s > lease_s else None
     try:
         os.kill(int(claim["pid"]), 0)
     except ProcessLookupError:
-        return True
+        return "its process is gone"
     except PermissionError:  # alive, another user's
-        return False
-    return False
+        return None
+    return None
 
 
 def _now() -> str:
@@ -231,147 +183,61 @@ def _now() -> str:
 
 
 class CallStore:
-    """An SQLite file that caches chat completions by request identity and logs every call."""
+    """Caches chat completions by request identity and logs every call, in an SQLite file or a
+    PostgreSQL database (``location``: a path, ``sqlite:///FILE`` or ``postgresql://...``).
 
-    def __init__(self, path: str | Path):
-        self._path = Path(path)
+    ``create=False`` opens an existing store only (the viewer: "no call store here yet").
+    ``claim_lease_s``: how long a claim from another host is waited for before it is taken over.
+    """
+
+    def __init__(self, location: str | Path, *, create: bool = True,
+                 claim_lease_s: float = CLAIM_LEASE_S):
         self._lock = threading.Lock()
         # one in-flight future per (event loop, key): futures belong to a loop, and a store may
         # be used by successive ``asyncio.run`` calls (tests, the CLI)
         self._inflight: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future[Any]] = {}
         self._owner = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"  # claims in other processes
-        self._check_file_is_ours()
-        try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create the directory for the call store ({exc})",
-                             path=self._path) from exc
-        self._conn = self._connect()
-        self._db = sqlite_utils.Database(self._conn, execute_plugins=False)
+        self._lease_s = claim_lease_s
+        self._db: StoreBackend = open_backend(location, create=create)
         self._closed = False
         try:
-            self._init_schema()
+            init_schema(self._db, create=create)
+        except self._db.errors as exc:
+            self.close()
+            raise StoreError(f"cannot initialise the call store ({first_line(exc)})",
+                             path=self._db.location) from exc
         except BaseException:
-            self._conn.close()
-            self._closed = True
+            self.close()
             raise
 
-    # ---------------------------------------------------------------- opening
-
-    def _check_file_is_ours(self) -> None:
-        """Refuse, without writing a byte, anything that is not empty, absent, or SQLite.
-
-        Opening a non-SQLite file with sqlite3 and switching it to WAL would rewrite its header;
-        so the magic bytes are checked before any connection is made.
-        """
-        p = self._path
-        if p.is_dir():
-            raise StoreError("is a directory, expected a call store file", path=p)
-        if not p.exists():
-            return
-        try:
-            with p.open("rb") as fh:
-                head = fh.read(len(_SQLITE_MAGIC))
-        except OSError as exc:
-            raise StoreError(f"cannot read the call store ({exc})", path=p) from exc
-        if head and head != _SQLITE_MAGIC:
-            raise StoreError("not a moa_search call store: not an SQLite database; "
-                             "left untouched", path=p)
-
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(str(self._path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the call store ({exc})", path=self._path) from exc
-        return conn
-
-    def _existing_tables(self) -> list[str]:
-        return [r[0] for r in self._conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
-
-    def _refuse_foreign(self, tables: list[str]) -> None:
-        """A database with tables but no store marker is someone else's: never touch it."""
-        if tables and _META_TABLE not in tables:
-            shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
-            raise StoreError(f"not a moa_search call store: an SQLite database with other tables "
-                             f"({shown}); left untouched", path=self._path)
-        if _META_TABLE in tables:
-            meta = dict(self._conn.execute(f"SELECT name, value FROM {_META_TABLE}").fetchall())
-            if meta.get("format") != STORE_FORMAT:
-                raise StoreError(f"not a moa_search call store (format {meta.get('format')!r}); "
-                                 "left untouched", path=self._path)
-            try:
-                version = int(meta.get("schema_version", ""))
-            except ValueError:
-                raise StoreError(f"call store has no valid schema version "
-                                 f"({meta.get('schema_version')!r})", path=self._path) from None
-            if version > SCHEMA_VERSION:
-                raise StoreError(f"call store schema version {version} is newer than this "
-                                 f"moa_search understands ({SCHEMA_VERSION}); upgrade moa_search",
-                                 path=self._path)
-
-    def _init_schema(self) -> None:
-        """Check ownership without writing, then switch to WAL and create the schema atomically.
-
-        The read-only check comes first because ``journal_mode=WAL`` itself writes to the file.
-        The transaction re-checks, so two processes creating the same new store cannot race.
-        """
-        try:
-            tables = self._existing_tables()
-        except sqlite3.Error as exc:  # SQLite magic, but a corrupt or encrypted body
-            raise StoreError(f"not a moa_search call store: unreadable SQLite ({exc}); "
-                             "left untouched", path=self._path) from exc
-        try:
-            self._refuse_foreign(tables)
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"cannot switch the call store to WAL mode (got {mode!r}); "
-                                 "is it on a network file system?", path=self._path)
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            with self._transaction():
-                self._refuse_foreign(self._existing_tables())
-                db = self._db
-                db[_META_TABLE].create({"name": str, "value": str}, pk="name", if_not_exists=True)
-                db[_META_TABLE].insert_all([{"name": "format", "value": STORE_FORMAT},
-                                            {"name": "schema_version", "value": "0"}], ignore=True)
-                have = int(db[_META_TABLE].get("schema_version")["value"])
-                for number, migrate in _MIGRATIONS:
-                    if number > have:
-                        migrate(db)
-                db[_META_TABLE].upsert({"name": "schema_version", "value": str(SCHEMA_VERSION)},
-                                       pk="name")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot initialise the call store ({exc})", path=self._path) from exc
-
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """``BEGIN IMMEDIATE``: take the write lock up front (waiting up to the busy timeout), so a
-        read inside the transaction can never make the commit fail with SQLITE_BUSY."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.rollback()
-            raise
-        self._db.commit()
-
-    @contextmanager
-    def _locked(self, what: str) -> Iterator[sqlite_utils.Database]:
-        """Serialise use of the one connection and turn SQLite failures into a StoreError."""
+    def _locked(self, what: str) -> Iterator[StoreBackend]:
+        """Serialise use of the one connection and turn driver failures into a StoreError."""
         with self._lock:
             if self._closed:
-                raise StoreError(f"cannot {what}: the call store is closed", path=self._path)
+                raise StoreError(f"cannot {what}: the call store is closed", path=self._db.location)
             try:
                 yield self._db
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot {what} ({exc})", path=self._path) from exc
+            except self._db.errors as exc:
+                raise StoreError(f"cannot {what} ({first_line(exc)})", path=self._db.location) from exc
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[StoreBackend]:
+        """``_locked`` inside one transaction, committed when the block ends."""
+        with self._locked(what) as db, db.transaction():
+            yield db
 
     # ---------------------------------------------------------------- public API
 
     @property
-    def path(self) -> Path:
-        return self._path
+    def path(self) -> Path | None:
+        """The file of an SQLite store; None for a database server."""
+        return self._db.path
+
+    @property
+    def location(self) -> str:
+        """The file or URL (without a password), as error messages name it."""
+        return self._db.location
 
     @staticmethod
     def cache_key(endpoint_identity: str, request: ChatRequest) -> str:
@@ -451,38 +317,44 @@ class CallStore:
     def _claim(self, ctx: _CallContext) -> bool:
         """Claim ``ctx.key`` for this process unless another live process holds it.
 
-        One ``BEGIN IMMEDIATE`` transaction: no answer stored meanwhile, no live claim, then ours
-        is written (replacing a stale one, which is first logged as possibly billed). True when
-        this process now leads; False when it must wait, or when the answer just arrived."""
-        with self._locked("claim a call") as db, self._transaction():
-            if _fetch(db, "SELECT 1 FROM responses WHERE key = ?", [ctx.key]):
-                return False  # the next lookup serves it
-            rows = _fetch(db, "SELECT * FROM inflight WHERE key = ?", [ctx.key])
+        One transaction: an existing claim is read and locked (a stale one is logged as possibly
+        billed and removed), ours is inserted unless a claim appeared meanwhile, and the answer
+        is looked for last, so an answer committed before our claim went in is always seen
+        (the answering transaction also removes its claim). True when this process now leads;
+        False when it must wait, or when the answer just arrived."""
+        with self._write("claim a call") as db:
+            rows = db.fetch("SELECT * FROM inflight WHERE key = ?" + db.for_update, [ctx.key])
             if rows:
-                if not _claim_is_stale(rows[0]):
+                why = _stale_reason(rows[0], self._lease_s)
+                if why is None:
                     return False
-                self._log_possibly_billed(db, rows[0], "its process is gone")
-            db.execute(_INSERT_CLAIM.replace("INSERT", "INSERT OR REPLACE", 1), {
-                "key": ctx.key, "owner": self._owner, "host": _HOST, "pid": os.getpid(),
-                "started": time.time(), "ts": _now(), "model": ctx.model, "role": ctx.role,
-                "run_id": ctx.run_id, "item_id": ctx.item_id, "config_hash": ctx.config_hash})
+                self._log_possibly_billed(db, rows[0], why)
+            claim = {"key": ctx.key, "owner": self._owner, "host": _HOST, "pid": os.getpid(),
+                     "started": time.time(), "ts": _now(), "model": ctx.model, "role": ctx.role,
+                     "run_id": ctx.run_id, "item_id": ctx.item_id, "config_hash": ctx.config_hash}
+            if not db.execute(_INSERT_CLAIM, [claim[c] for c in _CLAIM_FIELDS]):
+                return False  # another process claimed it just now
+            if db.fetch("SELECT 1 FROM responses WHERE key = ?", [ctx.key]):
+                db.execute("DELETE FROM inflight WHERE key = ? AND owner = ?", [ctx.key, self._owner])
+                return False  # the next lookup serves it
         return True
 
     def _release_claim(self, key: str, why: str) -> None:
         """Drop our claim on ``key`` after a request was sent but not answered (cancelled):
         logged as possibly billed, and the key is free for the next caller."""
-        with self._locked("release a claim") as db, self._transaction():
-            rows = _fetch(db, "SELECT * FROM inflight WHERE key = ? AND owner = ?", [key, self._owner])
+        with self._write("release a claim") as db:
+            rows = db.fetch("SELECT * FROM inflight WHERE key = ? AND owner = ?" + db.for_update,
+                            [key, self._owner])
             if rows:
                 self._log_possibly_billed(db, rows[0], why)
 
-    def _log_possibly_billed(self, db: sqlite_utils.Database, claim: dict[str, Any], why: str) -> None:
+    def _log_possibly_billed(self, db: StoreBackend, claim: dict[str, Any], why: str) -> None:
         """Turn a claim into a ``calls`` row: sent, never answered, perhaps billed (inside a
         transaction of the caller's)."""
         db.execute("DELETE FROM inflight WHERE key = ?", [claim["key"]])
         ctx = _CallContext(claim["key"], "", claim["model"], claim["role"], claim["run_id"],
                            claim["item_id"], claim["config_hash"])
-        db.execute(_INSERT_CALL, self._call_row(
+        self._insert_call(db, self._call_row(
             ctx, cached=0, paid_usd=0.0, cost_usd=0.0, latency_s=None, status=None, possibly_billed=1,
             error=f"in flight since {claim['ts']} on {claim['host']} (pid {claim['pid']}), "
                   f"never answered: {why}; possibly billed"))
@@ -490,14 +362,14 @@ class CallStore:
     def inflight(self) -> list[dict[str, Any]]:
         """Claims held now (requests sent and not yet answered), oldest first."""
         with self._locked("read the call store") as db:
-            return _fetch(db, "SELECT * FROM inflight ORDER BY started", [])
+            return db.fetch("SELECT * FROM inflight ORDER BY started", [])
 
     def lookup(self, key: str) -> Completion | None:
         """The stored answer for ``key`` as a free hit (``cached=True``), or None."""
         with self._locked("read the call store") as db:
-            rows = _fetch(db, "SELECT model, text, prompt_tokens, completion_tokens, cost_usd,"
-                              " latency_s, ttft_s, finish_reason, simulated"
-                              " FROM responses WHERE key = ?", [key])
+            rows = db.fetch("SELECT model, text, prompt_tokens, completion_tokens, cost_usd,"
+                            " latency_s, ttft_s, finish_reason, simulated"
+                            " FROM responses WHERE key = ?", [key])
         if not rows:
             return None
         r = rows[0]
@@ -514,7 +386,7 @@ class CallStore:
         sql = (
             "SELECT COUNT(*) AS calls,"
             " COALESCE(SUM(c.cached), 0) AS cached_calls,"
-            " COALESCE(SUM(c.error IS NOT NULL), 0) AS failed_calls,"
+            " COALESCE(SUM(CASE WHEN c.error IS NOT NULL THEN 1 ELSE 0 END), 0) AS failed_calls,"
             " COALESCE(SUM(c.possibly_billed), 0) AS possibly_billed_calls,"
             " COALESCE(SUM(c.paid_usd), 0.0) AS paid_usd,"
             " COALESCE(SUM(CASE WHEN c.error IS NULL THEN c.cost_usd END), 0.0) AS list_cost_usd,"
@@ -525,12 +397,12 @@ class CallStore:
             " FROM calls AS c LEFT JOIN responses AS r ON r.key = c.key"
             + (f" WHERE {where}" if where else ""))
         with self._locked("read the call store") as db:
-            row = _fetch(db, sql, args)[0]
+            row = db.fetch(sql, args)[0]
         return Spend(paid_usd=float(row["paid_usd"]), list_cost_usd=float(row["list_cost_usd"]),
-                     calls=row["calls"], cached_calls=row["cached_calls"],
-                     failed_calls=row["failed_calls"], prompt_tokens=row["prompt_tokens"],
-                     completion_tokens=row["completion_tokens"],
-                     possibly_billed_calls=row["possibly_billed_calls"])
+                     calls=int(row["calls"]), cached_calls=int(row["cached_calls"]),
+                     failed_calls=int(row["failed_calls"]), prompt_tokens=int(row["prompt_tokens"]),
+                     completion_tokens=int(row["completion_tokens"]),
+                     possibly_billed_calls=int(row["possibly_billed_calls"]))
 
     def calls(self, *, model: str | None = None, role: str | None = None,
               run_id: str | None = None, run_id_prefix: str | None = None,
@@ -540,18 +412,20 @@ class CallStore:
             raise ValueError(f"limit must be >= 0 or None, got {limit}")
         where, args = _filters(model=model, role=role, run_id=run_id,
                                run_id_prefix=run_id_prefix, cached=cached)
+        sql = ("SELECT * FROM calls" + (f" WHERE {where}" if where else "") + " ORDER BY id DESC"
+               + (" LIMIT ?" if limit is not None else ""))
         with self._locked("read the call store") as db:
-            rows = list(db["calls"].rows_where(where or None, args, order_by="id DESC",
-                                               limit=limit))
+            rows = db.fetch(sql, [*args, limit] if limit is not None else args)
         return [CallRow(**{**r, "cached": bool(r["cached"]),
                            "possibly_billed": bool(r["possibly_billed"])}) for r in rows]
 
     def close(self) -> None:
-        """Close the connection (checkpointing the WAL when this was the last one). Idempotent."""
+        """Close the connection (an SQLite file checkpoints its WAL when this was the last one).
+        Idempotent."""
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._conn.close()
+                self._db.close()
 
     def __enter__(self) -> "CallStore":
         return self
@@ -560,7 +434,7 @@ class CallStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"CallStore({str(self._path)!r})"
+        return f"CallStore({self._db.location!r})"
 
     # ---------------------------------------------------------------- writes
 
@@ -568,6 +442,10 @@ class CallStore:
         return {"ts": _now(), "key": ctx.key, "model": ctx.model, "role": ctx.role,
                 "run_id": ctx.run_id, "item_id": ctx.item_id, "config_hash": ctx.config_hash,
                 "possibly_billed": 0, **outcome}
+
+    @staticmethod
+    def _insert_call(db: StoreBackend, row: dict[str, Any]) -> None:
+        db.execute(_INSERT_CALL, [row[c] for c in _CALL_FIELDS])
 
     def _store_paid(self, ctx: _CallContext, request: ChatRequest, answer: Completion) -> None:
         """The answer and its paid call row in one transaction, committed before returning."""
@@ -582,31 +460,23 @@ class CallStore:
         }
         call = self._call_row(ctx, cached=0, paid_usd=answer.cost_usd, cost_usd=answer.cost_usd,
                               latency_s=answer.latency_s, error=None, status=None)
-        with self._locked("store a paid answer") as db, self._transaction():
-            db.execute(_INSERT_RESPONSE, response)
-            db.execute(_INSERT_CALL, call)
+        with self._write("store a paid answer") as db:
+            db.execute(_INSERT_RESPONSE, [response[c] for c in _RESPONSE_FIELDS])
+            self._insert_call(db, call)
             db.execute("DELETE FROM inflight WHERE key = ?", [ctx.key])
 
     def _log_call(self, ctx: _CallContext, hit: Completion) -> None:
         row = self._call_row(ctx, cached=1, paid_usd=0.0, cost_usd=hit.cost_usd,
                              latency_s=hit.latency_s, error=None, status=None)
         with self._locked("log a cached call") as db:
-            db.execute(_INSERT_CALL, row)  # one statement: its own transaction
+            self._insert_call(db, row)  # one statement: its own transaction
 
     def _log_failure(self, ctx: _CallContext, exc: ProviderError, elapsed_s: float) -> None:
         row = self._call_row(ctx, cached=0, paid_usd=0.0, cost_usd=0.0, latency_s=elapsed_s,
                              error=scrub(f"{type(exc).__name__}: {exc}"), status=exc.status)
-        with self._locked("log a failed call") as db, self._transaction():
-            db.execute(_INSERT_CALL, row)
+        with self._write("log a failed call") as db:
+            self._insert_call(db, row)
             db.execute("DELETE FROM inflight WHERE key = ? AND owner = ?", [ctx.key, self._owner])
-
-
-def _fetch(db: sqlite_utils.Database, sql: str, args: list[Any]) -> list[dict[str, Any]]:
-    """Rows as dicts via a plain cursor: ``Database.query`` wraps every SELECT in a savepoint,
-    two extra statements on the hot path (one lookup per call) for a guard reads do not need."""
-    cursor = db.execute(sql, args)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
 def _filters(*, model: str | None = None, role: str | None = None, run_id: str | None = None,

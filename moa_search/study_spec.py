@@ -5,10 +5,11 @@ key, a wrong type or an impossible value raises ``ConfigError`` naming ``<file>:
 because a typo in a study file (``budget.usd`` spelled ``budget.dollars``) would otherwise silently
 run an unbounded study.
 
-Paths inside the file (catalog, data) are relative to the file's folder, so a study directory can
-be moved or shared. Run outputs default to ``<runs dir>/<name>/optuna.db`` (the Optuna storage)
-and ``<runs dir>/<name>/calls.db`` (the call store), where the runs dir is ``./runs`` or the
-``--runs-dir`` the caller passes.
+Paths inside the file (catalog, data, store) are relative to the file's folder, so a study
+directory can be moved or shared. Run outputs default to ``<runs dir>/<name>/optuna.db`` (the
+Optuna storage) and ``<runs dir>/<name>/calls.db`` (the call store), where the runs dir is
+``./runs`` or the ``--runs-dir`` the caller passes. A study whose storage is PostgreSQL keeps
+its call store in the same database by default, so every machine running it shares one cache.
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from .backends import BACKENDS as BACKEND_FACTORIES
+from .backends import default_catalog
 from .catalog import Catalog
 from .config import BUILTIN_PRESETS, MoAConfig
 from .errors import ConfigError
 from .inputs import parse_toml, read_text
+from .runner import DegradedPolicy
 from .scoring import SCORER_ALIASES, SCORERS
 from .space import DEFAULT_ENUMERATION_LIMIT, SearchSpace
+from .store_backend import BACKENDS as STORE_BACKENDS
 
 BACKENDS = tuple(BACKEND_FACTORIES)  # "sim", "http", "local"
 BUILTIN_DATASETS = ("math", "choice", "instruct")
@@ -43,10 +47,10 @@ ObjectiveMode = Literal["pareto", "constrained"]
 _SECTIONS = {"study", "catalog", "data", "scorer", "space", "objectives", "budget", "sampler", "fidelity"}
 _REQUIRED_SECTIONS = ("study", "data", "scorer", "space", "budget")
 _KEYS = {
-    "study": {"name", "seed", "storage", "backend", "description"},
+    "study": {"name", "seed", "storage", "store", "backend", "description"},
     "catalog": {"path"},
     "data": {"builtin", "path", "dev_fraction", "split_seed", "n_items"},
-    "scorer": {"name", "options"},
+    "scorer": {"name", "options", "degraded"},
     "objectives": {"mode", "metrics", "target", "target_confidence"},
     "budget": {"usd", "calls", "trials"},
     "sampler": {"name", "options"},
@@ -84,8 +88,12 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class ScorerSpec:
+    """``degraded``: what an item that lost an agent becomes (``runner.DegradedPolicy``). A study
+    fails it by default, so a transient fault cannot change which configs the search keeps."""
+
     name: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    degraded: DegradedPolicy = DegradedPolicy.FAIL
 
 
 @dataclass(frozen=True)
@@ -151,7 +159,7 @@ class StudySpec:
     backend: str
     storage: str
     run_dir: Path
-    call_store: Path
+    call_store: Path | str  # an SQLite file, or a database URL (postgresql://...)
     catalog_path: Path | None
     data: DataSpec
     scorer: ScorerSpec
@@ -163,7 +171,7 @@ class StudySpec:
     description: str = ""
 
     def load_catalog(self) -> Catalog:
-        return Catalog.load(self.catalog_path) if self.catalog_path else Catalog.default()
+        return Catalog.load(self.catalog_path) if self.catalog_path else default_catalog(self.backend)
 
 
 # ---- loading -------------------------------------------------------------------------------
@@ -200,10 +208,12 @@ def parse_study_spec(text: str, *, source: str, base_dir: str | Path = ".",
     if "://" not in storage:
         raise ConfigError(f"expected an Optuna storage URL such as sqlite:///path.db, got {storage!r}",
                           source=source, field="study.storage")
+    call_store = _call_store(_str(st, "study", "store", source, default=""), storage, run_dir,
+                             base, source)
 
     cat = sections["catalog"]
     catalog_path = _path(cat, "catalog", "path", source, base)
-    catalog = Catalog.load(catalog_path) if catalog_path else Catalog.default()
+    catalog = Catalog.load(catalog_path) if catalog_path else default_catalog(backend)
 
     space = SearchSpace.from_dict(sections["space"], source=source)
     space.check_catalog(catalog)
@@ -212,7 +222,7 @@ def parse_study_spec(text: str, *, source: str, base_dir: str | Path = ".",
     objectives = _objectives(sections["objectives"], source, catalog, space)
     return StudySpec(
         name=name, source=source, seed=seed, backend=backend, storage=storage, run_dir=run_dir,
-        call_store=run_dir / "calls.db", catalog_path=catalog_path,
+        call_store=call_store, catalog_path=catalog_path,
         data=_data(sections["data"], source, base),
         scorer=_scorer(sections["scorer"], source, catalog),
         space=space,
@@ -222,6 +232,22 @@ def parse_study_spec(text: str, *, source: str, base_dir: str | Path = ".",
         fidelity=_fidelity(sections["fidelity"], source),
         description=description,
     )
+
+
+def _call_store(value: str, storage: str, run_dir: Path, base: Path, source: str) -> Path | str:
+    """``[study] store``: a file (relative to the study file) or a database URL. Default: the
+    storage's database when that is a server (PostgreSQL), else ``<run dir>/calls.db``."""
+    if not value:
+        scheme = storage.partition("://")[0].split("+", 1)[0].lower()
+        return storage if scheme != "sqlite" and scheme in STORE_BACKENDS else run_dir / "calls.db"
+    if "://" in value:
+        scheme = value.partition("://")[0].split("+", 1)[0].lower()
+        if scheme not in STORE_BACKENDS:
+            raise ConfigError(f"expected a file path or a URL with scheme {sorted(STORE_BACKENDS)}, "
+                              f"got scheme {scheme!r}", source=source, field="study.store")
+        return value
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
 
 
 def _data(d: Mapping[str, Any], source: str, base: Path) -> DataSpec:
@@ -256,7 +282,9 @@ def _scorer(d: Mapping[str, Any], source: str, catalog: Catalog) -> ScorerSpec:
         if not isinstance(value, str) or value not in catalog:
             raise ConfigError(f"expected a catalog model id, got {value!r}", source=source,
                               field="scorer.options.judge_model")
-    return ScorerSpec(name, dict(options))
+    degraded = _choice(d, "scorer", "degraded", source, tuple(p.value for p in DegradedPolicy),
+                       default=DegradedPolicy.FAIL.value)
+    return ScorerSpec(name, dict(options), DegradedPolicy(degraded))
 
 
 def _objectives(d: Mapping[str, Any], source: str, catalog: Catalog, space: SearchSpace) -> ObjectiveSpec:

@@ -65,22 +65,25 @@ def _hang(spec: StudySpec, hang_on: str) -> None:
 def test_a_trial_killed_with_kill_9_is_failed_and_requeued_on_resume(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, space=SPACE, budget={"trials": 6})
     victim = MoAConfig.single("w-strong-cheap")  # the second queued config
-    proc = multiprocessing.get_context("fork").Process(target=_hang, args=(spec, victim.config_hash))
+    proc = multiprocessing.get_context("fork").Process(target=_hang, args=(spec, victim.config_hash),
+                                                       daemon=True)
     proc.start()
     deadline = time.monotonic() + 60
     running: list[optuna.trial.FrozenTrial] = []
-    while time.monotonic() < deadline and not running:
-        time.sleep(0.2)
-        if Path(spec.storage.removeprefix("sqlite:///")).exists():
-            try:  # open_storage: waits while the worker is still creating the storage's tables
-                study = optuna.load_study(study_name="s", storage=open_storage(spec.storage, create=False))
-            except KeyError:  # the study itself is not created yet
-                continue
-            running = [t for t in study.get_trials(states=(TrialState.RUNNING,))
-                       if t.user_attrs.get("config_hash") == victim.config_hash]
+    try:
+        while time.monotonic() < deadline and not running:
+            time.sleep(0.2)
+            if Path(spec.storage.removeprefix("sqlite:///")).exists():
+                try:  # open_storage: waits while the worker is still creating the storage's tables
+                    study = optuna.load_study(study_name="s", storage=open_storage(spec.storage, create=False))
+                except KeyError:  # the study itself is not created yet
+                    continue
+                running = [t for t in study.get_trials(states=(TrialState.RUNNING,))
+                           if t.user_attrs.get("config_hash") == victim.config_hash]
+    finally:  # never leave the hanging worker behind, whatever happened
+        os.kill(proc.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        proc.join(30)
     assert running, "the worker never started the trial it hangs on"
-    os.kill(proc.pid, signal.SIGKILL)  # type: ignore[arg-type]
-    proc.join(30)
 
     evaluator = FormulaEvaluator()
     result = run_study(spec, evaluator, ITEMS, cost_estimate=formula_estimate)

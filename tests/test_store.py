@@ -269,7 +269,7 @@ async def test_calls_filters_newest_first(store: CallStore):
 def test_wal_mode_busy_timeout_and_schema(tmp_path: Path):
     path = tmp_path / "calls.db"
     with CallStore(path) as store:
-        assert store._conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 30_000
+        assert store._db._conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 30_000
         other = sqlite3.connect(path)
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in other.execute("SELECT name FROM sqlite_master WHERE type='table'")}

@@ -42,9 +42,9 @@ a study's books show every request that may have cost money.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
-import socket
 import threading
 import time
 import uuid
@@ -58,6 +58,7 @@ from typing import Any, Iterator, get_args
 from .config import canonical_json
 from .keys import scrub, scrub_content
 from .providers.base import ChatRequest, Completion, Provider, ProviderError, Role, Usage
+from .procs import HOST, pid_alive
 from .store_backend import NoStoreError, StoreBackend, StoreError, first_line, open_backend
 from .store_schema import (CALL_COLUMNS, INFLIGHT_COLUMNS, RESPONSE_COLUMNS, SCHEMA_VERSION,
                            STORE_FORMAT, init_schema)
@@ -67,12 +68,11 @@ __all__ = ["CallRow", "CallStore", "NoStoreError", "Spend", "StoreError", "SCHEM
 
 #: A claim by a process on another host is taken over after this long (its process cannot be
 #: checked); longer than any request the HTTP provider lets run, retries included.
-CLAIM_LEASE_S = 900.0
+CLAIM_LEASE_S = 3600.0
 #: How often a process waiting for another's call looks for the answer (grows to the maximum).
 CLAIM_POLL_S = (0.02, 0.5)
 
 _ROLES: frozenset[str] = frozenset(get_args(Role))
-_HOST = socket.gethostname()
 
 
 @lru_cache(maxsize=None)
@@ -165,16 +165,10 @@ class _CallContext:
 def _stale_reason(claim: dict[str, Any], lease_s: float) -> str | None:
     """Why the process holding this claim is gone, or None while it may be alive: checked by
     pid on this host, by the lease elsewhere (another host's pids cannot be checked)."""
-    if claim["host"] != _HOST:
+    if claim["host"] != HOST:
         age_s = time.time() - float(claim["started"])
         return f"no answer within the {lease_s:g} s lease" if age_s > lease_s else None
-    try:
-        os.kill(int(claim["pid"]), 0)
-    except ProcessLookupError:
-        return "its process is gone"
-    except PermissionError:  # alive, another user's
-        return None
-    return None
+    return None if pid_alive(int(claim["pid"])) else "its process is gone"
 
 
 def _now() -> str:
@@ -196,12 +190,13 @@ class CallStore:
         # one in-flight future per (event loop, key): futures belong to a loop, and a store may
         # be used by successive ``asyncio.run`` calls (tests, the CLI)
         self._inflight: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future[Any]] = {}
-        self._owner = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"  # claims in other processes
+        self._owner = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"  # claims in other processes
         self._lease_s = claim_lease_s
         self._db: StoreBackend = open_backend(location, create=create)
         self._closed = False
         try:
             init_schema(self._db, create=create)
+            self.sweep_stale_claims()
         except self._db.errors as exc:
             self.close()
             raise StoreError(f"cannot initialise the call store ({first_line(exc)})",
@@ -209,6 +204,18 @@ class CallStore:
         except BaseException:
             self.close()
             raise
+
+    def sweep_stale_claims(self) -> int:
+        """Book every claim whose process is gone as a possibly billed call; return how many.
+
+        Done when a store opens, so a killed process's requests are counted by ``spend()`` (and
+        a study's budget) even when nobody asks for the same key again."""
+        with self._write("sweep stale claims") as db:
+            stale = [(c, why) for c in db.fetch("SELECT * FROM inflight" + db.for_update, [])
+                     if (why := _stale_reason(c, self._lease_s)) is not None]
+            for claim, why in stale:
+                self._log_possibly_billed(db, claim, why)
+        return len(stale)
 
     @contextmanager
     def _locked(self, what: str) -> Iterator[StoreBackend]:
@@ -297,6 +304,7 @@ class CallStore:
         future: asyncio.Future[Any] = slot[0].create_future()
         self._inflight[slot] = future
         outcome: Completion | ProviderError | None = None
+        stored = False
         try:
             try:
                 answer = await provider.complete(request)
@@ -306,6 +314,7 @@ class CallStore:
                 raise
             outcome = answer if not answer.cached else replace(answer, cached=False)
             self._store_paid(ctx, request, outcome)
+            stored = True
             return outcome
         finally:
             del self._inflight[slot]
@@ -313,6 +322,9 @@ class CallStore:
                 future.set_result(outcome)
             if outcome is None:  # cancelled or crashed after sending: the call may be billed
                 self._release_claim(ctx.key, "cancelled while in flight")
+            elif isinstance(outcome, Completion) and not stored:  # paid, but the write failed
+                with contextlib.suppress(StoreError):  # the store may be what is failing
+                    self._release_claim(ctx.key, "answered, but the answer could not be stored")
 
     def _claim(self, ctx: _CallContext) -> bool:
         """Claim ``ctx.key`` for this process unless another live process holds it.
@@ -325,11 +337,13 @@ class CallStore:
         with self._write("claim a call") as db:
             rows = db.fetch("SELECT * FROM inflight WHERE key = ?" + db.for_update, [ctx.key])
             if rows:
-                why = _stale_reason(rows[0], self._lease_s)
+                # our own claim with no leader in this process: its write failed (see _lead)
+                why = ("left by this process" if rows[0]["owner"] == self._owner
+                       else _stale_reason(rows[0], self._lease_s))
                 if why is None:
                     return False
                 self._log_possibly_billed(db, rows[0], why)
-            claim = {"key": ctx.key, "owner": self._owner, "host": _HOST, "pid": os.getpid(),
+            claim = {"key": ctx.key, "owner": self._owner, "host": HOST, "pid": os.getpid(),
                      "started": time.time(), "ts": _now(), "model": ctx.model, "role": ctx.role,
                      "run_id": ctx.run_id, "item_id": ctx.item_id, "config_hash": ctx.config_hash}
             if not db.execute(_INSERT_CLAIM, [claim[c] for c in _CLAIM_FIELDS]):
@@ -463,7 +477,7 @@ class CallStore:
         with self._write("store a paid answer") as db:
             db.execute(_INSERT_RESPONSE, [response[c] for c in _RESPONSE_FIELDS])
             self._insert_call(db, call)
-            db.execute("DELETE FROM inflight WHERE key = ?", [ctx.key])
+            db.execute("DELETE FROM inflight WHERE key = ? AND owner = ?", [ctx.key, self._owner])
 
     def _log_call(self, ctx: _CallContext, hit: Completion) -> None:
         row = self._call_row(ctx, cached=1, paid_usd=0.0, cost_usd=hit.cost_usd,

@@ -15,9 +15,10 @@ autocommit mode: a single statement commits itself.
 from __future__ import annotations
 
 import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .store_backend import NoStoreError, StoreError
 from .store_schema import AddColumn, Dialect, Step
@@ -86,11 +87,26 @@ class SQLiteBackend:
 
     def prepare(self) -> None:
         """WAL (it writes to the file, hence after the ownership check) and its sync level."""
-        mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = self._retry_locked(lambda: self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
         if str(mode).lower() != "wal":
             raise StoreError(f"cannot switch the call store to WAL mode (got {mode!r}); "
                              "is it on a network file system?", path=self.path)
         self._conn.execute("PRAGMA synchronous = NORMAL")
+
+    def _retry_locked(self, step: Callable[[], Any]) -> Any:
+        """Run ``step`` again while the file is locked by another process, up to the busy timeout.
+
+        Switching to WAL needs a moment of exclusive access and SQLite answers "database is
+        locked" at once rather than waiting out the busy timeout, so several processes opening a
+        new store together would otherwise fail."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                return step()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     @contextmanager
     def transaction(self, *, schema: bool = False) -> Iterator[None]:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .catalog import Catalog
-from .datasets import Dataset, answer_key_pairs, builtin_dataset, load_dataset
-from .errors import ConfigError, MoASearchError
+from .datasets import Dataset, answer_key_pairs
+from .errors import ConfigError, MoASearchError, WorkFailedError
 from .evaluate import DatasetEvaluator
 from .preset import PresetFile, Provenance, from_config
 from .search import (StudyResult, TrialEvent, TrialRecord, load_result, prepare_study_async,
@@ -34,7 +34,7 @@ class StudyData:
 
 def study_data(spec: StudySpec) -> StudyData:
     d = spec.data
-    dataset = builtin_dataset(d.builtin) if d.builtin else load_dataset(d.path)  # type: ignore[arg-type]
+    dataset = d.load()
     if d.dev_fraction < 1.0:
         dev, heldout = dataset.split(d.dev_fraction, d.split_seed)
     else:
@@ -110,10 +110,20 @@ async def _run(spec: StudySpec, worker: int, on_trial: Callable[[TrialEvent], No
 
 def _worker_main(path: str, runs_dir: str | None, worker: int,
                  overrides: EndpointOverrides = EndpointOverrides()) -> None:
+    """A worker process: a failure is one scrubbed line on stderr and the CLI's exit code
+    (1: nothing came of the work, 2: bad input), never a multiprocessing traceback."""
+    import sys
+
     import optuna
+
+    from .keys import scrub
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # worker 0 reports progress, not Optuna
-    spec = load_study_spec(path, runs_dir=runs_dir)
-    asyncio.run(_run(spec, worker, None, overrides=overrides))
+    try:
+        spec = load_study_spec(path, runs_dir=runs_dir)
+        asyncio.run(_run(spec, worker, None, overrides=overrides))
+    except MoASearchError as exc:
+        print(f"error (worker {worker}): {scrub(str(exc))}", file=sys.stderr)
+        sys.exit(1 if isinstance(exc, WorkFailedError) else 2)
 
 
 def run_study_file(path: str | Path, *, runs_dir: str | Path | None = None, workers: int = 1,

@@ -260,7 +260,7 @@ def _claim_then_hang(url: str, queue: Any) -> None:
     """Plays a process on another machine (the one thing a single host cannot have: its claims
     carry another host name, so its pid cannot be checked), which sends a request and hangs."""
     import moa_search.store as store_module
-    store_module._HOST = "machine-b"
+    store_module.HOST = "machine-b"
 
     async def main() -> None:
         store = CallStore(url)  # never closed: the process is killed

@@ -539,8 +539,12 @@ def test_a_call_in_flight_at_kill_9_is_counted_as_possibly_billed_and_taken_over
     proc.start()
     proc.join(timeout=30)
     assert proc.exitcode == -signal.SIGKILL
-    with CallStore(path) as store:
-        assert [c["run_id"] for c in store.inflight()] == ["killed/1"]  # the trace it left
+    conn = sqlite3.connect(path)
+    left = conn.execute("SELECT run_id FROM inflight").fetchall()
+    conn.close()
+    assert left == [("killed/1",)]  # the trace it left
+    with CallStore(path) as store:  # opening books it at once, asked again or not
+        assert store.inflight() == [] and store.spend(run_id="killed/1").possibly_billed_calls == 1
         provider = CountingProvider()
         answer = asyncio.run(store.complete(provider, req("in flight"), role="proposer"))
         assert not answer.cached and provider.count == 1  # taken over at once, no waiting
@@ -562,3 +566,27 @@ def test_a_killed_process_loses_no_paid_call(tmp_path: Path):
         again = asyncio.run(store.complete(provider, req("paid before the kill"), role="proposer"))
         assert again.cached and provider.count == 0
         assert store.spend().calls == 2 and store.spend().cached_calls == 1
+
+
+async def test_a_failed_write_of_a_paid_answer_neither_hangs_the_key_nor_hides_the_call(
+        store: CallStore, monkeypatch: pytest.MonkeyPatch):
+    """Fault injected into our own write (a full disk, a lock timeout): the paid call is booked
+    as possibly billed and the next request for the key is answered, not left waiting on a claim."""
+    real = store._store_paid
+    calls = {"n": 0}
+
+    def failing_once(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise StoreError("disk full (injected)", path=store.location)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_store_paid", failing_once)
+    provider = CountingProvider()
+    with pytest.raises(StoreError):
+        await store.complete(provider, req("lost write"), role="proposer", run_id="w")
+    again = await asyncio.wait_for(store.complete(provider, req("lost write"), role="proposer",
+                                                  run_id="w"), timeout=10)
+    assert not again.cached and provider.count == 2
+    spend = store.spend(run_id="w")
+    assert spend.possibly_billed_calls == 1 and store.inflight() == []

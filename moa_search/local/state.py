@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from .servers import LocalServer, ServerSpec
+from ..procs import pid_alive
 
 STATE_ENV = "MOA_SEARCH_LOCAL_STATE"
 DEFAULT_STATE = Path("runs/local/servers.json")
@@ -56,16 +57,6 @@ class ServerRecord:
         return LocalServer(spec, self.port, self.pid, owned=False)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def read_records(path: Path) -> list[ServerRecord]:
     """Live records only. The file is our own hint, not user input: an unreadable one counts as
     empty (the next ``local serve`` rewrites it)."""
@@ -74,7 +65,7 @@ def read_records(path: Path) -> list[ServerRecord]:
         records = [ServerRecord(**r) for r in raw.get("servers", [])]
     except (OSError, ValueError, TypeError, AttributeError):
         return []
-    return [r for r in records if _alive(r.pid) and _alive(r.owner_pid)]
+    return [r for r in records if pid_alive(r.pid) and pid_alive(r.owner_pid)]
 
 
 @contextmanager

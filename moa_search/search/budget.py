@@ -87,10 +87,13 @@ def _reserved(trials: Sequence[FrozenTrial], exclude: int | None = None) -> tupl
 
 
 def spent_with_ledger(trials: Sequence[FrozenTrial], baseline: Mapping[str, Any] | None,
-                      ledger: PaidLedger | None, exclude: int | None = None) -> tuple[float, int]:
-    """``_spent``, raised to the ledger's total plus the running reservations when that is more
-    (conservative: a running trial's calls so far count in both)."""
+                      ledger: PaidLedger | None, exclude: int | None = None,
+                      pending: tuple[float, int] = (0.0, 0)) -> tuple[float, int]:
+    """``_spent`` plus ``pending`` (the excluded trial's own spend so far, which the ledger
+    already holds), raised to the ledger's total plus the running reservations when that is more
+    (conservative: another running trial's calls so far count in both)."""
     usd, calls = _spent(trials, baseline, exclude)
+    usd, calls = usd + pending[0], calls + pending[1]
     if ledger is None:
         return usd, calls
     r_usd, r_calls = _reserved(trials, exclude)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import logging
 import math
 import time
 import warnings
@@ -31,6 +32,7 @@ from .results import load_result
 from .samplers import build_sampler
 from .storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_storage, worker_id, worker_is_gone
 
+_log = logging.getLogger(__name__)
 _BUDGET_SKIPS_BEFORE_STOP = 5
 _DUP_POLL_S = 0.2
 
@@ -79,10 +81,11 @@ class _Loop:
     def target(self) -> float | None:
         return self._target
 
-    def spent(self, exclude: int | None = None, trials: Sequence[FrozenTrial] | None = None) -> tuple[float, int]:
+    def spent(self, exclude: int | None = None, trials: Sequence[FrozenTrial] | None = None,
+              pending: tuple[float, int] = (0.0, 0)) -> tuple[float, int]:
         ledger = self.evaluator if isinstance(self.evaluator, PaidLedger) else None
         return spent_with_ledger(self.trials() if trials is None else trials, self._baseline, ledger,
-                                 exclude)
+                                 exclude, pending)
 
     # -- estimates --
 
@@ -192,6 +195,7 @@ class _Loop:
         source = await self.find_duplicate(trial, h, self.trials())
         if source is not None:
             return self.reuse(trial, config, source)
+        trials = self.trials()  # the wait for a twin may have been long: reservations changed
 
         usd, calls = self.estimate(config, len(self.items), trials)
         reason = self.over_budget(usd, calls, trial.number, trials)
@@ -212,8 +216,12 @@ class _Loop:
         return self.finish(trial, status, config=config, metrics=metrics, stopped_early=why)
 
     async def heartbeat(self, trial_id: int) -> None:
+        """Beat until cancelled; a failed beat (a storage hiccup) is logged, never the end of it."""
         while True:
-            self.storage.record_heartbeat(trial_id)
+            try:
+                self.storage.record_heartbeat(trial_id)
+            except Exception as exc:  # noqa: BLE001 - any storage error; the next beat may pass
+                _log.warning("heartbeat of trial id %s not recorded: %s", trial_id, exc)
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
     async def find_duplicate(self, trial: optuna.Trial, h: str,
@@ -245,6 +253,7 @@ class _Loop:
             await asyncio.sleep(_DUP_POLL_S)
             with _quiet():
                 optuna.storages.fail_stale_trials(self.study)
+            fail_orphans(self.study, self.storage)  # a twin whose worker was killed: now, not at its grace
             trials = self.trials()
 
     def reuse(self, trial: optuna.Trial, config: MoAConfig, source: FrozenTrial | dict[str, Any]) -> TrialRecord:
@@ -275,11 +284,11 @@ class _Loop:
         rest_calls = int(math.ceil(first.calls / max(1, first.n_items) * len(rest_ids)))
         self.set_attrs(trial, {"reserved": [first.paid_usd + rest_usd, first.paid_calls + rest_calls]})
         b = self.spec.budget
-        spent_usd, spent_calls = self.spent(trial.number)
-        if b.usd is not None and spent_usd + first.paid_usd + rest_usd > b.usd:
+        spent_usd, spent_calls = self.spent(trial.number, pending=(first.paid_usd, first.paid_calls))
+        if b.usd is not None and spent_usd + rest_usd > b.usd:
             return first, "stopped_early", (f"budget: the remaining {len(rest_ids)} items would cost "
                                             f"~${rest_usd:.4f}, over the budget")
-        if b.calls is not None and spent_calls + first.paid_calls + rest_calls > b.calls:
+        if b.calls is not None and spent_calls + rest_calls > b.calls:
             return first, "stopped_early", f"budget: the remaining items need ~{rest_calls} calls, over the budget"
         rest = await self.evaluator.evaluate(config, rest_ids, trial_number=n)
         return merge_metrics(first, rest), "complete", None
@@ -292,6 +301,20 @@ class _Loop:
 
     def finish(self, trial: optuna.Trial, status: str, *, config: MoAConfig | None = None,
                metrics: TrialMetrics | None = None, paid: bool = True, **notes: Any) -> TrialRecord:
+        """Record and ``tell``; a trial another worker already failed (its heartbeat looked
+        stale, e.g. this process was suspended) is left as it is, with one warning: its calls are
+        in the call store, so the config costs nothing when it is tried again."""
+        try:
+            return self._finish(trial, status, config=config, metrics=metrics, paid=paid, **notes)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            _log.warning("trial %d was failed by another worker meanwhile (stale heartbeat); "
+                         "its result is not recorded", trial.number)
+            record = _record(next(t for t in self.trials() if t.number == trial.number))
+            self.report(record)
+            return record
+
+    def _finish(self, trial: optuna.Trial, status: str, *, config: MoAConfig | None = None,
+                metrics: TrialMetrics | None = None, paid: bool = True, **notes: Any) -> TrialRecord:
         attrs: dict[str, Any] = {"status": status}  # "reserved" only counts while RUNNING
         attrs.update({k: v for k, v in notes.items() if v is not None})
         state = TrialState.FAIL if status in ("failed", "interrupted") else TrialState.PRUNED

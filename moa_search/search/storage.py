@@ -29,7 +29,6 @@ import fcntl
 import hashlib
 import importlib.util
 import os
-import socket
 import warnings
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
@@ -40,6 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from ..errors import ConfigError
+from ..procs import HOST, pid_alive
 from ..store_backend import POSTGRES_EXTRA, first_line, redact_url
 from ..study_spec import StudySpec
 
@@ -147,22 +147,14 @@ def _check_driver(url: str, source: str | None) -> None:
 def worker_id() -> str:
     """Who runs a trial (host:pid), stamped on it when it starts: a trial RUNNING under a dead
     pid of this host is the orphan of a killed worker (``loop.fail_orphans``)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{HOST}:{os.getpid()}"
 
 
 def worker_is_gone(worker: str) -> bool:
     """True when ``worker`` (from ``worker_id``) was a process of this host that has ended.
     Workers on other hosts are left to Optuna's heartbeats."""
     host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return host == HOST and pid.isdigit() and not pid_alive(int(pid))
 
 
 def open_storage(url: str, *, source: str | None = None, create: bool = True) -> optuna.storages.RDBStorage:

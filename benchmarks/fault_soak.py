@@ -20,28 +20,23 @@ Numbers describe the simulated world.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import multiprocessing
 import os
 import random
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-import httpx
 import optuna
 
 from moa_search.search import StudyResult, load_result
 from moa_search.store import CallStore
 from moa_search.study import run_prefix, run_study_file, study_result
 from moa_search.study_spec import load_study_spec
+from runner_bench import sim_server  # this folder is on sys.path when a script in it runs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -140,29 +135,6 @@ def kill_storm(kills: int, seed: int) -> tuple[Outcome, StudyResult]:
         return measure(path, runs, reference, done_kills, wall), reference
 
 
-@contextlib.contextmanager
-def sim_server(*fault_args: str) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moa_search.cli", "sim-server", "--port", str(port),
-                             *fault_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).raise_for_status()
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("sim-server did not start")
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 def http_catalog(folder: Path, base_url: str) -> Path:
     """The default catalog with every provider pointed at ``base_url`` (no keys needed)."""
     text = (REPO / "moa_search" / "data" / "catalog.toml").read_text("utf-8")
@@ -185,7 +157,7 @@ def faults(rate: float) -> tuple[Outcome, Outcome]:
     reference: StudyResult | None = None
     for args in ((), ("--fault-429", str(each), "--fault-500", str(each), "--fault-timeout", str(each),
                       "--fault-malformed", str(each))):
-        with tempfile.TemporaryDirectory() as d, sim_server(*args) as url:
+        with tempfile.TemporaryDirectory() as d, sim_server(0.0, *args) as url:
             folder = Path(d)
             path = small_study(folder, catalog=http_catalog(folder, url), backend="http")
             started = time.perf_counter()

@@ -37,13 +37,14 @@ CONCURRENT_ITEMS = 16
 
 
 @contextlib.contextmanager
-def sim_server(latency_ms: float) -> Iterator[str]:
-    """``moa-search sim-server`` in its own process, so the server's CPU is not the client's."""
+def sim_server(latency_ms: float = 0.0, *options: str) -> Iterator[str]:
+    """``moa-search sim-server`` in its own process, so the server's CPU is not the client's;
+    ``options`` are more of its flags (faults, ...). Yields its base URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "moa_search.cli", "sim-server", "--port", str(port),
-                             "--latency-ms", str(latency_ms)], stdout=subprocess.DEVNULL,
+                             "--latency-ms", str(latency_ms), *options], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30

@@ -393,10 +393,13 @@ class CallStore:
                           finish_reason=r["finish_reason"], simulated=bool(r["simulated"]),
                           cached=True)
 
-    def spend(self, *, run_id: str | None = None, run_id_prefix: str | None = None) -> Spend:
+    def spend(self, *, run_id: str | None = None, run_id_prefix: str | None = None,
+              model: str | None = None, role: str | None = None, cached: bool | None = None) -> Spend:
         """Totals over the run log, optionally for one run or for runs sharing a prefix
-        (e.g. every trial of a study whose run ids are ``<study>/<trial>``)."""
-        where, args = _filters(run_id=run_id, run_id_prefix=run_id_prefix, column_prefix="c.")
+        (e.g. every trial of a study whose run ids are ``<study>/<trial>``), and for the same
+        model / role / cached filters as ``calls``."""
+        where, args = _filters(run_id=run_id, run_id_prefix=run_id_prefix, model=model, role=role,
+                               cached=cached, column_prefix="c.")
         sql = (
             "SELECT COUNT(*) AS calls,"
             " COALESCE(SUM(c.cached), 0) AS cached_calls,"

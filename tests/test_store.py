@@ -260,6 +260,13 @@ async def test_calls_filters_newest_first(store: CallStore):
     assert len(store.calls(run_id_prefix="r")) == 4
     assert [r.role for r in store.calls(limit=1)] == ["judge"]
     assert len(store.calls(limit=None)) == 4
+    # the spend of a selection is the spend of exactly the calls listed
+    for filters in ({"role": "judge"}, {"model": "m1"}, {"cached": True}, {"cached": False},
+                    {"model": "m2", "role": "aggregator"}):
+        listed = store.calls(limit=None, **filters)
+        spend = store.spend(**filters)
+        assert spend.calls == len(listed), filters
+        assert spend.paid_usd == sum(r.paid_usd for r in listed), filters
     hit = store.calls(cached=True)[0]
     assert hit.paid_usd == 0.0 and hit.cost_usd > 0 and hit.latency_s == 1.25
 

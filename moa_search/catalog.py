@@ -9,6 +9,16 @@ takes many requests at once. Per provider: ``concurrency`` (requests in flight) 
 ``timeout_s`` (per HTTP request); per model: ``context_window`` and ``max_tokens`` (the most
 output tokens a call to it asks for). Unset values fall back to the HTTP provider's defaults;
 command-line flags (``--concurrency``, ``--timeout``) override them for every endpoint.
+
+Prices: an entry gives ``input_price`` and ``output_price`` (USD per 1M tokens; they win, for
+private deployments, local models and the paper's 2024 list prices), or ``price = "genai-prices"``
+(the default for an entry without prices) to look them up by provider and model id, offline, in
+the installed ``genai-prices`` database (``price_db``); each model records where its price came
+from (``price_source``) and since when it holds (``price_date``).
+
+Request rules: what a model's API accepts (``max_tokens_field``, ``temperature``,
+``system_role``), defaulted per model family (OpenAI's reasoning models refuse ``max_tokens``
+and any temperature but the default) and overridable per entry.
 """
 
 from __future__ import annotations
@@ -17,14 +27,17 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
+import re
 
+from . import price_db
 from .config import MoAConfig
 from .errors import ConfigError, UnknownModelError
 from .inputs import parse_toml, read_text
 from .keys import check_env_name
 
 _PROVIDER_KEYS = {"base_url", "api_key_env", "concurrency", "timeout_s"}
-_MODEL_KEYS = {"provider", "input_price", "output_price", "context_window", "max_tokens", "sim"}
+_MODEL_KEYS = {"provider", "input_price", "output_price", "price", "context_window", "max_tokens", "sim",
+               "max_tokens_field", "temperature", "system_role"}
 _SIM_KEYS = {"skill", "ttft_s", "tokens_per_s", "verbosity"}
 _LOCAL_KEYS = {"gguf", "chat_format", "n_threads", "n_ctx"}
 
@@ -77,6 +90,37 @@ class LocalModel:
     chat_format: str | None = None  # None: the chat template stored in the GGUF
 
 
+MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
+TEMPERATURE_RULES = ("any", "default-only")
+CATALOG_PRICE = "catalog"
+"""``ModelInfo.price_source`` of a price typed into the catalog file."""
+
+
+@dataclass(frozen=True)
+class RequestRules:
+    """What a model's chat API accepts: the name of the output-token limit, whether it takes a
+    temperature other than its default, and whether it takes a ``system`` message (when not,
+    the system prompt is sent as the start of the first user message)."""
+
+    max_tokens_field: str = "max_tokens"
+    temperature: str = "any"
+    system_role: bool = True
+
+
+_REASONING = RequestRules("max_completion_tokens", "default-only", True)
+FAMILY_RULES: tuple[tuple[re.Pattern[str], RequestRules], ...] = (
+    # OpenAI's first reasoning previews refuse the system role as well
+    (re.compile(r"^(openai/)?o1-(mini|preview)\b"), replace(_REASONING, system_role=False)),
+    (re.compile(r"^(openai/)?(o\d+(-|$)|gpt-5)"), _REASONING),
+)
+"""Defaults by model id, first match wins; a catalog entry's own keys override them."""
+
+
+def family_rules(model_id: str) -> RequestRules:
+    name = model_id.lower()
+    return next((rules for pattern, rules in FAMILY_RULES if pattern.search(name)), RequestRules())
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     id: str
@@ -87,6 +131,10 @@ class ModelInfo:
     sim: SimProfile | None = None
     local: LocalModel | None = None  # set for ``provider = "local"``: served by llama.cpp
     max_tokens: int | None = None  # the most output tokens a request asks for; None = as configured
+    rules: RequestRules = RequestRules()
+    price_source: str = CATALOG_PRICE  # "catalog" or "genai-prices 0.2.3"
+    price_date: str = ""  # ISO date the database's price took effect; "" when typed or undated
+    cached_input_price: float | None = None  # USD per 1M cache-read input tokens (database only)
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input_price + completion_tokens * self.output_price) / 1e6
@@ -188,13 +236,21 @@ class Catalog:
                     tokens_per_s=_num(s, "tokens_per_s", source, f"{f}.sim", lo=1e-3, default=60.0),
                     verbosity=int(_num(s, "verbosity", source, f"{f}.sim", lo=1, default=400)),
                 )
-            context_window = local.n_ctx if local else _int(raw, "context_window", source, f, lo=1, default=8192)
+            endpoint = LOCAL_ENDPOINT if local else endpoints[provider]
+            quote = _database_price(raw, model_id, endpoint, source, f)
+            default_window = quote.context_window if quote and quote.context_window else 8192
+            context_window = local.n_ctx if local else _int(raw, "context_window", source, f, lo=1,
+                                                            default=default_window)
             models[model_id] = ModelInfo(
                 id=model_id,
-                endpoint=LOCAL_ENDPOINT if local else endpoints[provider],
-                input_price=_num(raw, "input_price", source, f, lo=0.0),
-                output_price=_num(raw, "output_price", source, f, lo=0.0),
+                endpoint=endpoint,
+                input_price=quote.input_price if quote else _num(raw, "input_price", source, f, lo=0.0),
+                output_price=quote.output_price if quote else _num(raw, "output_price", source, f, lo=0.0),
                 context_window=context_window,
+                rules=_rules(raw, model_id, source, f),
+                price_source=quote.source if quote else CATALOG_PRICE,
+                price_date=quote.effective if quote else "",
+                cached_input_price=quote.cached_input_price if quote else None,
                 sim=sim,
                 local=local,
                 # below the window: a request needs at least one prompt token
@@ -204,6 +260,45 @@ class Catalog:
 
 
 LOCAL_ENDPOINT = Endpoint(LOCAL_PROVIDER, LOCAL_BASE_URL)
+
+
+def _database_price(raw: Mapping[str, Any], model_id: str, endpoint: Endpoint, source: str,
+                    f: str) -> price_db.PriceQuote | None:
+    """The database's price when the entry asks for it (``price = "genai-prices"``) or gives no
+    prices at all; None when the entry's own prices are to be used. Giving both is refused: which
+    one would win is not obvious from the file."""
+    typed = {"input_price", "output_price"} & set(raw)
+    if "price" in raw:
+        if raw["price"] != price_db.DATABASE:
+            raise ConfigError(f"expected \"{price_db.DATABASE}\" (or input_price and output_price instead), "
+                              f"got {raw['price']!r}", source=source, field=f"{f}.price")
+        if typed:
+            raise ConfigError(f"give either price = \"{price_db.DATABASE}\" or {sorted(typed)}, not both",
+                              source=source, field=f"{f}.price")
+    elif typed or endpoint is LOCAL_ENDPOINT:
+        return None  # typed prices (a missing one is named by _num), or a local model (free)
+    try:
+        return price_db.lookup(endpoint.name, model_id, base_url=endpoint.base_url)
+    except ConfigError as exc:
+        raise ConfigError(f"no price: {exc}; give input_price and output_price", source=source,
+                          field=f) from None
+
+
+def _rules(raw: Mapping[str, Any], model_id: str, source: str, f: str) -> RequestRules:
+    base = family_rules(model_id)
+    changes: dict[str, Any] = {}
+    for key, choices in (("max_tokens_field", MAX_TOKENS_FIELDS), ("temperature", TEMPERATURE_RULES)):
+        if key in raw:
+            if raw[key] not in choices:
+                raise ConfigError(f"expected one of {list(choices)}, got {raw[key]!r}", source=source,
+                                  field=f"{f}.{key}")
+            changes[key] = raw[key]
+    if "system_role" in raw:
+        if not isinstance(raw["system_role"], bool):
+            raise ConfigError(f"expected true or false, got {raw['system_role']!r}", source=source,
+                              field=f"{f}.system_role")
+        changes["system_role"] = raw["system_role"]
+    return replace(base, **changes)
 
 
 def _local_model(raw: Mapping[str, Any], source: str, f: str, base_dir: Path | None) -> LocalModel:

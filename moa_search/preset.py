@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 
-from .catalog import Catalog, Endpoint, ModelInfo, SimProfile
+from .catalog import CATALOG_PRICE, Catalog, Endpoint, ModelInfo, SimProfile, family_rules
 from .config import MoAConfig, Preset, read_config_data
 from .errors import ConfigError
 from .inputs import parse_json, read_text
@@ -68,16 +68,21 @@ class PresetModel:
     context_window: int
     provider: str = ""  # the catalog's endpoint name, kept for readability and cache identity
     sim: SimProfile | None = None  # how the simulated world plays it, when the catalog said
+    price_source: str = CATALOG_PRICE  # which price table the prices came from (catalog.ModelInfo)
+    price_date: str = ""
 
     @classmethod
     def from_model_info(cls, info: ModelInfo) -> "PresetModel":
         return cls(info.id, info.endpoint.base_url, info.endpoint.api_key_env, info.input_price,
-                   info.output_price, info.context_window, info.endpoint.name, info.sim)
+                   info.output_price, info.context_window, info.endpoint.name, info.sim,
+                   info.price_source, info.price_date)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"base_url": self.base_url, "api_key_env": self.api_key_env,
                                "input_price": self.input_price, "output_price": self.output_price,
-                               "context_window": self.context_window}
+                               "context_window": self.context_window, "price_source": self.price_source}
+        if self.price_date:
+            out["price_date"] = self.price_date
         if self.provider:
             out["provider"] = self.provider
         if self.sim is not None:
@@ -241,7 +246,8 @@ def preset_catalog(preset: PresetFile) -> Catalog:
             unique = name if name not in taken else f"{name}-{len(endpoints)}"
             endpoints[key] = Endpoint(unique, m.base_url.rstrip("/"), m.api_key_env)
         models[m.id] = ModelInfo(m.id, endpoints[key], m.input_price, m.output_price,
-                                 m.context_window, m.sim)
+                                 m.context_window, m.sim, rules=family_rules(m.id), price_source=m.price_source,
+                                 price_date=m.price_date)
     return Catalog(models, f"<preset {preset.name}>", {e.name: e for e in endpoints.values()})
 
 
@@ -346,7 +352,8 @@ def _parse(data: Any, source: str | None) -> PresetFile:
             float(raw["output_price"]), int(raw["context_window"]), raw.get("provider", ""),
             None if sim is None else SimProfile(float(sim["skill"]), float(sim.get("ttft_s", 0.4)),
                                                 float(sim.get("tokens_per_s", 60.0)),
-                                                int(sim.get("verbosity", 400)))))
+                                                int(sim.get("verbosity", 400))),
+            raw.get("price_source", CATALOG_PRICE), raw.get("price_date", "")))
     embedded = {m.id for m in models}
     for model_id in config.models:
         if model_id not in embedded:

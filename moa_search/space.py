@@ -156,6 +156,12 @@ class SearchSpace:
                     known = ", ".join(sorted(catalog.models))
                     raise ConfigError(f"unknown model {model!r}; the catalog ({catalog.source}) lists: {known}",
                                       source=self.source, field=f"space.{key}[{i}]")
+                # a model that only runs at its default temperature would make the search's
+                # temperature axis a fiction: refused rather than silently ignored
+                if len(self.temperatures) > 1 and catalog.get(model).rules.temperature == "default-only":
+                    raise ConfigError(f"model {model!r} takes only its default temperature (catalog: temperature = "
+                                      f"\"default-only\"); give one value in space.temperatures or drop the model",
+                                      source=self.source, field="space.temperatures")
 
     # ---- shape helpers -------------------------------------------------------------------
 

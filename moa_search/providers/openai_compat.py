@@ -18,6 +18,10 @@ Why it looks like this:
   else ``DEFAULT_CONCURRENCY`` / ``DEFAULT_TIMEOUT_S``.
 * The catalog's ``max_tokens`` and ``context_window`` are applied before sending
   (``providers.limits``); a request that cannot fit is refused, not sent.
+* The body follows the model's request rules (``catalog.RequestRules``: the name of the output
+  limit, whether a temperature is sent, whether a system message is allowed). A 400 whose message
+  names one of those parameters makes the provider adapt that rule for the model, once, say so in
+  the log and keep it on the endpoint's state (``adapted_rules``); the call is then sent again.
 * Latency is the server's own time when the reply carries it (``SERVER_LATENCY``), else the time
   on the wire; never the wait for a slot (see ``Completion``).
 * The API key is read from the environment at call time, sent only as a per-request header, and
@@ -33,7 +37,8 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -42,7 +47,7 @@ from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base, wait_random_exponential
 
-from ..catalog import Catalog, Endpoint, ModelInfo
+from ..catalog import Catalog, Endpoint, ModelInfo, RequestRules
 from ..errors import ConfigError
 from ..keys import remember, scrub, scrub_content
 from .base import AuthError, ChatRequest, Completion, MalformedReplyError, ProviderError, Usage
@@ -93,6 +98,50 @@ class _EndpointLimits:
     semaphore: asyncio.Semaphore
     requests: AsyncLimiter | None
     tokens: AsyncLimiter | None
+    adapted_rules: dict[str, RequestRules] = field(default_factory=dict)
+    """Per model: the request rules learnt from this endpoint's 400s (see ``adapt_rules``)."""
+
+
+_RULE_FIXES: tuple[tuple[re.Pattern[str], str, Any], ...] = (
+    # (what a 400 message names, the rule it breaks, the value that obeys it)
+    (re.compile(r"\bmax_tokens\b"), "max_tokens_field", "max_completion_tokens"),
+    (re.compile(r"\btemperature\b"), "temperature", "default-only"),
+    (re.compile(r"'system'|\bsystem role\b"), "system_role", False),
+)
+_UNSUPPORTED = re.compile(r"unsupported|not supported|does not support", re.IGNORECASE)
+"""How OpenAI words these refusals, e.g. "Unsupported parameter: 'max_tokens' is not supported
+with this model. Use 'max_completion_tokens' instead." """
+
+
+def adapt_rules(rules: RequestRules, message: str) -> RequestRules | None:
+    """The rules with the one a 400 ``message`` names changed, or None when it names none the
+    rules still break (so an unrelated 400, or one already adapted to, stays an error)."""
+    if not _UNSUPPORTED.search(message):  # e.g. "temperature must be in 0 .. 2": a bad value, not a rule
+        return None
+    for pattern, name, value in _RULE_FIXES:
+        if pattern.search(message) and getattr(rules, name) != value:
+            return replace(rules, **{name: value})
+    return None
+
+
+def request_body(request: ChatRequest, rules: RequestRules) -> dict[str, Any]:
+    """The JSON body for ``request`` under ``rules``: a default-only model gets no temperature; a
+    model without the system role gets the system prompt at the start of the first user turn."""
+    messages = request.messages_as_dicts()
+    if not rules.system_role:
+        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+        messages = [dict(m) for m in messages if m["role"] != "system"]
+        if system:
+            first_user = next((m for m in messages if m["role"] == "user"), None)
+            if first_user is None:
+                messages.insert(0, {"role": "user", "content": system})
+            else:
+                first_user["content"] = f"{system}\n\n{first_user['content']}"
+    body: dict[str, Any] = {"model": request.model, "messages": messages,
+                            rules.max_tokens_field: request.max_tokens}
+    if rules.temperature == "any":
+        body["temperature"] = request.temperature
+    return body
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -300,13 +349,28 @@ class OpenAICompatProvider:
         base_url = info.endpoint.base_url
         key = self._api_key(info)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        body: dict[str, Any] = {"model": request.model, "messages": request.messages_as_dicts(),
-                                "temperature": request.temperature, "max_tokens": request.max_tokens}
+        limits = self._endpoint_limits(info.endpoint)
+        while True:
+            rules = limits.adapted_rules.get(request.model, info.rules)
+            try:
+                return await self._complete(info, request, request_body(request, rules), headers, key, limits)
+            except ProviderError as exc:
+                adapted = adapt_rules(rules, str(exc)) if exc.status == 400 else None
+                if adapted is None:
+                    raise
+                limits.adapted_rules[request.model] = adapted
+                log.warning("warning: %s refused a request for model %r (%s); sending it with %s from now "
+                            "on (set this in the catalog entry to skip the failed request)", base_url,
+                            request.model, exc, _rule_change(rules, adapted))
+
+    async def _complete(self, info: ModelInfo, request: ChatRequest, body: dict[str, Any],
+                        headers: dict[str, str], key: str | None, limits: _EndpointLimits) -> Completion:
+        """One call with retries on transient faults."""
+        base_url = info.endpoint.base_url
         if self.send_sample_index:
             body["x_sample_index"] = request.sample_index
         if self.send_seed:
             body["seed"] = request.sample_index
-        limits = self._endpoint_limits(info.endpoint)
         tokens = estimate_prompt_tokens(request) + request.max_tokens
 
         def before_sleep(state: RetryCallState) -> None:
@@ -451,6 +515,11 @@ class OpenAICompatProvider:
             limits = _EndpointLimits(asyncio.Semaphore(self.concurrency_for(endpoint)), requests, tokens)
             self._limits[endpoint.base_url] = limits
         return limits
+
+
+def _rule_change(old: RequestRules, new: RequestRules) -> str:
+    return ", ".join(f"{name} = {getattr(new, name)!r}" for name in ("max_tokens_field", "temperature", "system_role")
+                     if getattr(old, name) != getattr(new, name))
 
 
 async def _acquire(bucket: AsyncLimiter, amount: float) -> None:

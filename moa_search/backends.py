@@ -9,10 +9,9 @@ name its default catalog, used when the command gives none.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 from typing import Callable, Sequence
 
-from .catalog import LOCAL_BASE_URL, Catalog
+from .catalog import BACKEND_NAMES, LOCAL_BASE_URL, Catalog
 from .errors import ConfigError
 from .providers.base import Provider
 
@@ -72,17 +71,12 @@ BACKENDS: dict[str, Callable[[Catalog, BackendOptions], Provider]] = {
     "local": _local,
 }
 
-DEFAULT_CATALOGS: dict[str, str] = {"local": "data/local.toml"}
-"""A backend's own default catalog (package data); the others use ``data/catalog.toml``."""
+assert tuple(BACKENDS) == BACKEND_NAMES, "catalog.BACKEND_NAMES lists every backend"
 
 
 def default_catalog(backend: str = "sim") -> Catalog:
-    """The catalog a command uses without ``--catalog``: the local one for ``--backend local``."""
-    name = DEFAULT_CATALOGS.get(backend)
-    if name is None:
-        return Catalog.default()
-    text = resources.files("moa_search").joinpath(name).read_text("utf-8")
-    return Catalog.from_toml_text(text, source=f"<built-in {backend} catalog>")
+    """The catalog a command uses without ``--catalog`` (``Catalog.default``)."""
+    return Catalog.default(backend)
 
 
 def make_provider(backend: str, catalog: Catalog, *, base_url: str | None = None,

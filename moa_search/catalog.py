@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 import re
 
 from . import price_db
@@ -47,6 +48,27 @@ LOCAL_PROVIDER = "local"
 LOCAL_BASE_URL = "http://127.0.0.1:0/v1"
 """Where a local model points until its server is started: port 0, so nothing ever answers there."""
 LOCAL_DEFAULT_N_CTX = 2048  # llama.cpp's own default context size
+
+
+#: The backends a command or study file may name (``backends.BACKENDS`` builds each); kept here,
+#: below the study spec, so that reading a study file does not import the provider factories.
+BACKEND_NAMES = ("sim", "http", "local")
+#: A backend's own built-in catalog (package data); the others use ``data/catalog.toml``.
+BACKEND_CATALOGS: dict[str, str] = {"local": "data/local.toml"}
+
+
+def check_base_url(url: str, *, source: str | None = None, field: str = "base_url") -> str:
+    """``url`` if it is a plain http(s) base URL. A user name, password or query string is
+    refused: the base URL is the endpoint's identity in the call store, presets and messages,
+    so a key written into it would reach disk (keys go in the variable ``api_key_env`` names)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"expected an http(s) URL, got {url!r}", source=source, field=field)
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        raise ConfigError("expected a base URL without user, password, query or fragment (put the "
+                          "key in the environment variable api_key_env names)", source=source,
+                          field=field)
+    return url
 
 
 @dataclass(frozen=True)
@@ -165,7 +187,7 @@ class Catalog:
     def with_base_url(self, base_url: str, api_key_env: str = "") -> "Catalog":
         """Every model routed to one endpoint (a local server, the sim-server), prices and limits
         kept; the endpoint's own concurrency and timeout come from the provider or the flags."""
-        endpoint = Endpoint("override", base_url.rstrip("/"),
+        endpoint = Endpoint("override", check_base_url(base_url, field="--base-url").rstrip("/"),
                             check_env_name(api_key_env, field="--api-key-env"))
         models = {k: replace(m, endpoint=endpoint) for k, m in self.models.items()}
         return Catalog(models, self.source, {"override": endpoint})
@@ -173,9 +195,15 @@ class Catalog:
     # ---- loading -------------------------------------------------------------------------
 
     @classmethod
-    def default(cls) -> "Catalog":
-        text = resources.files("moa_search").joinpath("data/catalog.toml").read_text("utf-8")
-        return cls.from_toml_text(text, source="<built-in catalog>")
+    def default(cls, backend: str = "sim") -> "Catalog":
+        """The built-in catalog a command uses without ``--catalog``: the backend's own
+        (``BACKEND_CATALOGS``: the local one for ``--backend local``), else the paper's models."""
+        name = BACKEND_CATALOGS.get(backend)
+        if name is None:
+            text = resources.files("moa_search").joinpath("data/catalog.toml").read_text("utf-8")
+            return cls.from_toml_text(text, source="<built-in catalog>")
+        text = resources.files("moa_search").joinpath(name).read_text("utf-8")
+        return cls.from_toml_text(text, source=f"<built-in {backend} catalog>")
 
     @classmethod
     def load(cls, path: str | Path) -> "Catalog":
@@ -197,10 +225,8 @@ class Catalog:
             f = f"providers.{name}"
             raw = _table(raw, source, f)
             _no_unknown(raw, _PROVIDER_KEYS, source, f)
-            base_url = _str(raw, "base_url", source, f)
-            if not base_url.startswith(("http://", "https://")):
-                raise ConfigError(f"expected an http(s) URL, got {base_url!r}", source=source,
-                                  field=f"{f}.base_url")
+            base_url = check_base_url(_str(raw, "base_url", source, f), source=source,
+                                      field=f"{f}.base_url")
             endpoints[name] = Endpoint(
                 name, base_url.rstrip("/"),
                 check_env_name(raw.get("api_key_env", ""), source=source, field=f"{f}.api_key_env"),

@@ -22,18 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from .backends import BACKENDS as BACKEND_FACTORIES
-from .backends import default_catalog
-from .catalog import Catalog
+from .catalog import BACKEND_NAMES, Catalog
 from .config import BUILTIN_PRESETS, MoAConfig
+from .datasets import Dataset, builtin_dataset, load_dataset
 from .errors import ConfigError
+from .importers import FIELD_OPTIONS, IMPORTERS, ImportOptions, import_file
 from .inputs import parse_toml, read_text
 from .runner import DegradedPolicy
 from .scoring import SCORER_ALIASES, SCORERS
 from .space import DEFAULT_ENUMERATION_LIMIT, SearchSpace
 from .store_backend import BACKENDS as STORE_BACKENDS
 
-BACKENDS = tuple(BACKEND_FACTORIES)  # "sim", "http", "local"
+BACKENDS = BACKEND_NAMES  # "sim", "http", "local"
 BUILTIN_DATASETS = ("math", "choice", "instruct")
 #: Scorer names (and accepted aliases) the scoring module provides.
 KNOWN_SCORERS: tuple[str, ...] = tuple(SCORERS) + tuple(SCORER_ALIASES)
@@ -49,7 +49,8 @@ _REQUIRED_SECTIONS = ("study", "data", "scorer", "space", "budget")
 _KEYS = {
     "study": {"name", "seed", "storage", "store", "backend", "description"},
     "catalog": {"path"},
-    "data": {"builtin", "path", "dev_fraction", "split_seed", "n_items"},
+    "data": {"builtin", "path", "source", "format", "baseline", *FIELD_OPTIONS, "dev_fraction",
+             "split_seed", "n_items"},
     "scorer": {"name", "options", "degraded"},
     "objectives": {"mode", "metrics", "target", "target_confidence"},
     "budget": {"usd", "calls", "trials"},
@@ -76,7 +77,9 @@ class DataSpec:
 
     ``dev_fraction`` of the items (after a seeded shuffle with ``split_seed``) form the dev split
     the search optimises on; the rest is held out so the final pick can be checked on items the
-    search never saw. ``n_items`` subsamples the dev split (cheaper studies).
+    search never saw. ``n_items`` subsamples the dev split (cheaper studies). A ``source`` file
+    in a benchmark's own layout is kept in ``path`` with its ``source_format`` and is imported
+    (``importers``) each time the set is loaded, so no converted copy can go stale.
     """
 
     builtin: str | None
@@ -84,6 +87,17 @@ class DataSpec:
     dev_fraction: float = 1.0
     split_seed: int = 0
     n_items: int | None = None
+    source_format: str | None = None
+    import_options: ImportOptions = field(default_factory=ImportOptions)
+
+    def load(self) -> Dataset:
+        """The whole set: built-in, the project's JSONL, or an imported benchmark file."""
+        if self.builtin is not None:
+            return builtin_dataset(self.builtin)
+        assert self.path is not None  # _data guarantees one of builtin / path / source
+        if self.source_format is not None:
+            return import_file(self.path, self.source_format, self.import_options)
+        return load_dataset(self.path)
 
 
 @dataclass(frozen=True)
@@ -171,7 +185,7 @@ class StudySpec:
     description: str = ""
 
     def load_catalog(self) -> Catalog:
-        return Catalog.load(self.catalog_path) if self.catalog_path else default_catalog(self.backend)
+        return Catalog.load(self.catalog_path) if self.catalog_path else Catalog.default(self.backend)
 
 
 # ---- loading -------------------------------------------------------------------------------
@@ -213,7 +227,7 @@ def parse_study_spec(text: str, *, source: str, base_dir: str | Path = ".",
 
     cat = sections["catalog"]
     catalog_path = _path(cat, "catalog", "path", source, base)
-    catalog = Catalog.load(catalog_path) if catalog_path else default_catalog(backend)
+    catalog = Catalog.load(catalog_path) if catalog_path else Catalog.default(backend)
 
     space = SearchSpace.from_dict(sections["space"], source=source)
     space.check_catalog(catalog)
@@ -251,15 +265,23 @@ def _call_store(value: str, storage: str, run_dir: Path, base: Path, source: str
 
 
 def _data(d: Mapping[str, Any], source: str, base: Path) -> DataSpec:
-    has_builtin, has_path = "builtin" in d, "path" in d
-    if has_builtin == has_path:
-        raise ConfigError("give exactly one of 'builtin' (a built-in set) or 'path' (a JSONL file)",
+    if sum(k in d for k in ("builtin", "path", "source")) != 1:
+        raise ConfigError("give exactly one of 'builtin' (a built-in set), 'path' (a JSONL file) "
+                          "or 'source' with 'format' (a benchmark file to import)",
                           source=source, field="data")
-    builtin = _choice(d, "data", "builtin", source, BUILTIN_DATASETS) if has_builtin else None
-    path = _path(d, "data", "path", source, base)
+    import_keys = sorted(k for k in ("format", "baseline", *FIELD_OPTIONS) if k in d)
+    if import_keys and "source" not in d:
+        raise ConfigError(f"{', '.join(import_keys)} go with 'source' (a file to import)",
+                          source=source, field="data")
+    builtin = _choice(d, "data", "builtin", source, BUILTIN_DATASETS) if "builtin" in d else None
+    path = _path(d, "data", "path", source, base) or _path(d, "data", "source", source, base)
+    fmt = _choice(d, "data", "format", source, tuple(IMPORTERS)) if "source" in d else None
+    options = ImportOptions(_path(d, "data", "baseline", source, base),
+                            *(_str(d, "data", k, source, default=None) for k in FIELD_OPTIONS))
     fraction = _float(d, "data", "dev_fraction", source, default=1.0, lo=0.0, hi=1.0, lo_open=True)
     n_items = _int(d, "data", "n_items", source, default=None, lo=1)
-    return DataSpec(builtin, path, fraction, _int(d, "data", "split_seed", source, default=0), n_items)
+    return DataSpec(builtin, path, fraction, _int(d, "data", "split_seed", source, default=0), n_items,
+                    fmt, options)
 
 
 def _scorer(d: Mapping[str, Any], source: str, catalog: Catalog) -> ScorerSpec:

@@ -58,3 +58,18 @@ def test_malformed_catalog_names_file_and_field(tmp_path, text, fragment):
 def test_missing_catalog_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read catalog"):
         Catalog.load(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize("url", ["https://user:sk-secret-123456@api.example.com/v1",
+                                 "https://api.example.com/v1?api-key=sk-secret-123456",
+                                 "https://api.example.com/v1#sk-secret-123456"])
+def test_a_base_url_carrying_credentials_is_refused_without_quoting_it(tmp_path, url):
+    path = tmp_path / "cat.toml"
+    path.write_text(f'[providers.p]\nbase_url = "{url}"\n\n[models."m"]\nprovider = "p"\n'
+                    'input_price = 1.0\noutput_price = 1.0\n', "utf-8")
+    with pytest.raises(ConfigError) as err:
+        Catalog.load(path)
+    assert "providers.p.base_url" in str(err.value) and "sk-secret" not in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        Catalog.default().with_base_url(url)
+    assert "--base-url" in str(err.value) and "sk-secret" not in str(err.value)

@@ -133,12 +133,16 @@ def models_needed(*configs: MoAConfig, scorer_opts: "dict[str, object] | None" =
     return tuple(sorted({m for c in configs for m in c.models} | ({str(judge)} if judge else set())))
 
 
-def scorer_options(scorer: str, judge_model: str | None) -> dict[str, object]:
+def scorer_options(scorer: str, judge_model: str | None, rel_tol: float | None = None,
+                   abs_tol: float | None = None) -> dict[str, object]:
+    tolerances = {k: v for k, v in (("rel_tol", rel_tol), ("abs_tol", abs_tol)) if v is not None}
+    if tolerances and scorer != "numeric":
+        raise ConfigError(f"--rel-tol/--abs-tol go with the numeric scorer, not {scorer!r}")
     if "judge" in scorer or scorer == "length_controlled":
         return {"judge_model": judge_model or DEFAULT_JUDGE}
     if judge_model:
         raise ConfigError(f"--judge-model goes with a judge scorer, not {scorer!r}")
-    return {}
+    return tolerances
 
 
 def trace_summary(trace: ItemTrace) -> dict[str, object]:
@@ -249,6 +253,8 @@ ScorerOpt = Annotated[str, typer.Option("--scorer", help="exact | numeric | choi
 JudgeOpt = Annotated[Optional[str], typer.Option("--judge-model", help=f"Judge model for judge scorers (default {DEFAULT_JUDGE}).")]
 ItemsOpt = Annotated[Optional[int], typer.Option("--n-items", min=1, help="Deterministic subsample of this many items (default: all).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+RelTolOpt = Annotated[Optional[float], typer.Option("--rel-tol", min=0, help="numeric scorer: relative tolerance for every item (default: integer references exact, others 1e-6).")]
+AbsTolOpt = Annotated[Optional[float], typer.Option("--abs-tol", min=0, help="numeric scorer: absolute tolerance for every item (default: integer references exact, others 1e-9).")]
 
 
 def _load_items(data: str, n_items: int | None, seed: int) -> Dataset:
@@ -258,12 +264,11 @@ def _load_items(data: str, n_items: int | None, seed: int) -> Dataset:
     return ds if n_items is None else ds.subsample(n_items, seed)
 
 
-async def _evaluate(cfg: MoAConfig, ds: Dataset, scorer: str, judge_model: str | None, provider: "Provider",
+async def _evaluate(cfg: MoAConfig, ds: Dataset, scorer: str, opts: dict[str, object], provider: "Provider",
                     call_store: CallStore | None, quiet: bool, label: str,
                     degraded: DegradedPolicy) -> "ConfigEvaluation":
     from .evaluate import DatasetEvaluator
-    evaluator = DatasetEvaluator(provider, call_store, ds, scorer, scorer_options(scorer, judge_model),
-                                 degraded=degraded)
+    evaluator = DatasetEvaluator(provider, call_store, ds, scorer, opts, degraded=degraded)
     with item_progress(len(ds), label, quiet=quiet, console=err) as on_item:
         return await evaluator.evaluate_items(cfg, ds.ids, f"eval:{cfg.config_hash}", on_item=on_item)
 
@@ -282,6 +287,8 @@ def _print_evaluation(ev: "ConfigEvaluation") -> None:
     if r.win_rate is not None:
         out.print(f"  win rate vs baseline {r.win_rate:.1f} ± {r.win_rate_se:.1f} (s.e.) · "
                   f"length-controlled {r.lc_win_rate:.1f}", markup=False)
+        out.print(f"  wins {r.n_wins}, draws {r.n_draws}, losses {r.n_losses} (vs baseline)",
+                  markup=False)
     counts = ", ".join(f"{k} {v}" for k, v in r.counts.items() if v)
     fate = "failed" if ev.degraded_policy is DegradedPolicy.FAIL else "scored"
     out.print(f"  items: {counts}; degraded {ev.n_degraded} ({fate}, --degraded "
@@ -313,6 +320,8 @@ def eval_(
     timeout: TimeoutOpt = None,
     concurrency: ConcurrencyOpt = None,
     degraded: DegradedOpt = DegradedPolicy.SCORE,
+    rel_tol: RelTolOpt = None,
+    abs_tol: AbsTolOpt = None,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the JSON result here.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     quiet: QuietOpt = False,
@@ -323,10 +332,11 @@ def eval_(
     cat = load_catalog(catalog, backend)
     cat.check_config(cfg)
     ds = _load_items(data, n_items, seed)
-    needed = models_needed(cfg, scorer_opts=scorer_options(scorer, judge_model))
+    opts = scorer_options(scorer, judge_model, rel_tol, abs_tol)
+    needed = models_needed(cfg, scorer_opts=opts)
     ev = on_backend(lambda: provider_for(backend, cat, base_url, ds, sim_endpoint, retries, api_key_env, timeout,
                                          concurrency, needed), store,
-                    lambda provider, call_store: _evaluate(cfg, ds, scorer, judge_model, provider, call_store,
+                    lambda provider, call_store: _evaluate(cfg, ds, scorer, opts, provider, call_store,
                                                            quiet or as_json, "eval", degraded))
     result = {"dataset": ds.name, "dataset_source": ds.source, **ev.to_dict()}
     if out_file:
@@ -366,6 +376,8 @@ def compare(
     timeout: TimeoutOpt = None,
     concurrency: ConcurrencyOpt = None,
     degraded: DegradedOpt = DegradedPolicy.SCORE,
+    rel_tol: RelTolOpt = None,
+    abs_tol: AbsTolOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -377,11 +389,12 @@ def compare(
     cat.check_config(cfg_a)
     cat.check_config(cfg_b)
     ds = _load_items(data, n_items, seed)
-    needed = models_needed(cfg_a, cfg_b, scorer_opts=scorer_options(scorer, judge_model))
+    opts = scorer_options(scorer, judge_model, rel_tol, abs_tol)
+    needed = models_needed(cfg_a, cfg_b, scorer_opts=opts)
 
     async def both(provider: "Provider", call_store: CallStore | None) -> "tuple[ConfigEvaluation, ConfigEvaluation]":
-        return (await _evaluate(cfg_a, ds, scorer, judge_model, provider, call_store, quiet or as_json, "A", degraded),
-                await _evaluate(cfg_b, ds, scorer, judge_model, provider, call_store, quiet or as_json, "B", degraded))
+        return (await _evaluate(cfg_a, ds, scorer, opts, provider, call_store, quiet or as_json, "A", degraded),
+                await _evaluate(cfg_b, ds, scorer, opts, provider, call_store, quiet or as_json, "B", degraded))
 
     ev_a, ev_b = on_backend(lambda: provider_for(backend, cat, base_url, ds, sim_endpoint, retries, api_key_env,
                                                  timeout, concurrency, needed), store, both)
@@ -422,7 +435,7 @@ def calls(
     """List and filter the call store, newest first, with the spend of the selection."""
     cs = CallStore(store, create=False)  # "no call store here yet" rather than a new one
     rows = cs.calls(model=model, role=role, run_id_prefix=run, cached=cached, limit=limit)
-    spend = cs.spend(run_id_prefix=run)
+    spend = cs.spend(model=model, role=role, run_id_prefix=run, cached=cached)  # what is listed
     if as_json:
         from dataclasses import asdict
         out.print_json(json.dumps({"calls": [asdict(r) for r in rows], "spend": asdict(spend)}))
@@ -643,6 +656,34 @@ def report(
     _write_report(study_file, runs_dir, out_file, png_dir=png_dir)
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Validation sets: import published benchmark files.")
+app.add_typer(data_app, name="data")
+FieldOpt = Annotated[Optional[str], typer.Option(help="jsonl/json/csv: the source field (dotted for nested JSON) read into this item field.")]
+
+
+@data_app.command("import")
+def data_import(
+    src: Annotated[Path, typer.Argument(help="The benchmark file, in its published layout.")],
+    fmt: Annotated[str, typer.Option("--format", help="gsm8k | arc | openbookqa | mmlu | alpacaeval | mtbench | jsonl | json | csv")],
+    out_file: Annotated[Path, typer.Option("--out", help="The validation set (JSONL) to write.")],
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="alpacaeval: a reference model's model_outputs.json; its outputs become baseline_output.")] = None,
+    id_field: FieldOpt = None,
+    prompt_field: FieldOpt = None,
+    reference_field: FieldOpt = None,
+    baseline_field: FieldOpt = None,
+    category_field: FieldOpt = None,
+) -> None:
+    """Convert a benchmark file into a validation set that `eval`, `compare` and studies read.
+    MT-Bench imports its first turn only (every turn is kept in metadata)."""
+    from .datasets import write_dataset
+    from .importers import ImportOptions, import_file
+    opts = ImportOptions(baseline, id_field, prompt_field, reference_field, baseline_field, category_field)
+    ds = import_file(src, fmt, opts, name=out_file.stem)
+    write_dataset(ds, out_file)
+    fields = ", ".join(f"{k} {v}" for k, v in ds.schema_summary().items() if v and k != "items")
+    out.print(f"imported {len(ds)} items ({fmt}) -> {out_file}\n  items with: {fields}", markup=False)
+
+
 local_app = typer.Typer(no_args_is_help=True, help="Local GGUF models served with llama.cpp (pip install -e '.[local]').")
 app.add_typer(local_app, name="local")
 
@@ -669,6 +710,74 @@ def local_serve(
     serve_local(find_models(models_dir, gguf or ()),
                 ServeOptions(n_ctx=n_ctx, n_threads=n_threads, chat_format=chat_format, port=port,
                              catalog_out=catalog_out), state=state_path(), echo=echo)
+
+
+catalog_app = typer.Typer(no_args_is_help=True, help="Models and prices from the genai-prices database (offline).")
+app.add_typer(catalog_app, name="catalog")
+
+
+def _print_lines(lines: list[str]) -> None:
+    for line in lines:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@catalog_app.command("list")
+def catalog_list(
+    provider: Annotated[Optional[str], typer.Option("--provider", help="Only this provider (e.g. together, openai).")] = None,
+    search: Annotated[Optional[str], typer.Option("--search", help="Only model ids containing this text.")] = None,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Models the price database knows, USD per 1M tokens; * marks those already in the catalog."""
+    from . import price_db
+    quotes = price_db.models(provider, search)
+    in_catalog = {m.lower() for m in load_catalog(catalog).models}
+    _print_lines(price_db.list_lines(quotes, in_catalog))
+    _print_lines([f"{len(quotes)} models · {price_db.source()}"])
+
+
+@catalog_app.command("add")
+def catalog_add(
+    refs: Annotated[list[str], typer.Argument(metavar="PROVIDER:MODEL...", help="e.g. together:meta-llama/Llama-3.3-70B-Instruct-Turbo")],
+    catalog: Annotated[Path, typer.Option("--catalog", help="Catalog TOML to add to (created when absent).")] = Path("catalog.toml"),
+    context_window: Annotated[Optional[int], typer.Option("--context-window", min=1, help="Input limit in tokens for the models the database gives none for.")] = None,
+) -> None:
+    """Add complete entries (provider table, price = "genai-prices", context window) to a catalog.
+    Exits 1 when the database does not know a model."""
+    from . import price_db
+    from .inputs import parse_toml
+    try:
+        entries = [price_db.plan_entry(ref, context_window) for ref in refs]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="PROVIDER:MODEL / --context-window") from None
+    except price_db.NotInDatabaseError as exc:
+        _say_error(str(exc))
+        raise typer.Exit(1) from None
+    text = catalog.read_text("utf-8") if catalog.exists() else (
+        f"# Models at today's prices, written by `moa-search catalog add` from {price_db.source()}.\n")
+    new_text, skipped = price_db.add_to_catalog(text, entries, dict(parse_toml(text, str(catalog))))
+    Catalog.from_toml_text(new_text, source=str(catalog), base_dir=catalog.parent)  # loads, or nothing is written
+    catalog.write_text(new_text, "utf-8")
+    for model in skipped:
+        _say_error(f"{model!r} is already in {catalog}; left as it is", prefix="note")
+    _print_lines([f"{catalog}: added {len(entries) - len(skipped)} model(s)"])
+
+
+@catalog_app.command("check")
+def catalog_check(
+    catalog: CatalogOpt = None,
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, help="Relative difference that counts as changed.")] = 0.05,
+) -> None:
+    """Each typed price in the catalog against the database today; exits 1 when any differs by
+    more than --threshold or a model is unknown to the database."""
+    from . import price_db
+    cat = load_catalog(catalog)
+    diffs = price_db.check(cat, threshold)
+    if diffs:
+        _print_lines(price_db.check_lines(diffs))
+    _print_lines([f"{len({d.model for d in diffs})} of {len(cat.models)} models differ by more than {threshold:.0%} "
+                  f"from {price_db.source()} or are not in it"])
+    if diffs:
+        raise typer.Exit(1)
 
 
 def _answer_key(paths: list[Path]) -> "object | None":

@@ -226,7 +226,7 @@ def _parse_line(line: str, source: str, lineno: int) -> Item:
     except json.JSONDecodeError as exc:
         raise fail(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(raw, dict):
-        raise fail(f"expected a JSON object, got {_json_type(raw)}")
+        raise fail(f"expected a JSON object, got {json_type(raw)}")
     unknown = set(raw) - ALLOWED_KEYS
     if unknown:
         raise fail(f"unknown key(s) {sorted(unknown)}; allowed: {sorted(ALLOWED_KEYS)}")
@@ -235,7 +235,7 @@ def _parse_line(line: str, source: str, lineno: int) -> Item:
         raise fail("missing required key", "id")
     item_id = raw["id"]
     if not isinstance(item_id, str) or not item_id.strip():
-        raise fail(f"expected a non-empty string, got {_json_type(item_id)}", "id")
+        raise fail(f"expected a non-empty string, got {json_type(item_id)}", "id")
 
     has_prompt, has_messages = "prompt" in raw, "messages" in raw
     if has_prompt == has_messages:
@@ -246,7 +246,7 @@ def _parse_line(line: str, source: str, lineno: int) -> Item:
     if has_prompt:
         prompt = raw["prompt"]
         if not isinstance(prompt, str):
-            raise fail(f"expected a string, got {_json_type(prompt)}", "prompt")
+            raise fail(f"expected a string, got {json_type(prompt)}", "prompt")
         if not prompt.strip():
             raise fail("empty prompt", "prompt")
     else:
@@ -255,22 +255,22 @@ def _parse_line(line: str, source: str, lineno: int) -> Item:
     reference = raw.get("reference")
     if reference is not None:
         if isinstance(reference, bool) or not isinstance(reference, (str, int, float)):
-            raise fail(f"expected a string or a number, got {_json_type(reference)}", "reference")
+            raise fail(f"expected a string or a number, got {json_type(reference)}", "reference")
         if isinstance(reference, float) and not math.isfinite(reference):
             raise fail("expected a finite number", "reference")
         reference = reference if isinstance(reference, str) else repr(reference)
 
     baseline = raw.get("baseline_output")
     if baseline is not None and not isinstance(baseline, str):
-        raise fail(f"expected a string, got {_json_type(baseline)}", "baseline_output")
+        raise fail(f"expected a string, got {json_type(baseline)}", "baseline_output")
 
     category = raw.get("category")
     if category is not None and (not isinstance(category, str) or not category.strip()):
-        raise fail(f"expected a non-empty string, got {_json_type(category)}", "category")
+        raise fail(f"expected a non-empty string, got {json_type(category)}", "category")
 
     metadata = raw.get("metadata", {})
     if not isinstance(metadata, dict):
-        raise fail(f"expected an object, got {_json_type(metadata)}", "metadata")
+        raise fail(f"expected an object, got {json_type(metadata)}", "metadata")
     if "difficulty" in metadata:
         d = metadata["difficulty"]
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d <= 1.0:
@@ -287,7 +287,7 @@ def _parse_messages(value: Any, fail: Any) -> tuple[Message, ...]:
     for k, m in enumerate(value):
         fld = f"messages[{k}]"
         if not isinstance(m, dict):
-            raise fail(f"expected an object, got {_json_type(m)}", fld)
+            raise fail(f"expected an object, got {json_type(m)}", fld)
         extra = set(m) - {"role", "content"}
         if extra:
             raise fail(f"unknown key(s) {sorted(extra)}; expected role and content", fld)
@@ -295,7 +295,7 @@ def _parse_messages(value: Any, fail: Any) -> tuple[Message, ...]:
         if role not in MESSAGE_ROLES:
             raise fail(f"expected role in {sorted(MESSAGE_ROLES)}, got {role!r}", f"{fld}.role")
         if not isinstance(content, str):
-            raise fail(f"expected a string, got {_json_type(content)}", f"{fld}.content")
+            raise fail(f"expected a string, got {json_type(content)}", f"{fld}.content")
         out.append(Message(role, content))
     # The model answers the last user turn; a chat ending elsewhere has nothing to answer.
     if out[-1].role != "user":
@@ -305,7 +305,35 @@ def _parse_messages(value: Any, fail: Any) -> tuple[Message, ...]:
     return tuple(out)
 
 
-def _json_type(value: Any) -> str:
+def item_to_dict(item: Item) -> dict[str, Any]:
+    """The item as one JSONL object of this schema (fields that are unset are left out)."""
+    out: dict[str, Any] = {"id": item.id}
+    if item.messages is not None:
+        out["messages"] = [{"role": m.role, "content": m.content} for m in item.messages]
+    else:
+        out["prompt"] = item.prompt
+    for key in ("reference", "baseline_output", "category"):
+        if getattr(item, key) is not None:
+            out[key] = getattr(item, key)
+    if item.metadata:
+        out["metadata"] = dict(item.metadata)
+    return out
+
+
+def write_dataset(dataset: Dataset, path: str | Path) -> Path:
+    """Write the set as JSONL that ``load_dataset`` reads back to the same items; the file is
+    written whole to a temporary name first, so a failure never leaves half a set behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(item_to_dict(i), ensure_ascii=False) + "\n" for i in dataset)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def json_type(value: Any) -> str:
+    """How an error names what it got instead: "a number", "an array", "null"..."""
     if value is None:
         return "null"
     if isinstance(value, bool):

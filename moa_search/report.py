@@ -723,11 +723,9 @@ def build_report_html(spec: StudySpec, result: StudyResult, *, title: str | None
 
 def dataset_categories(spec: StudySpec) -> Mapping[str, str] | None:
     """Item id -> category from the study's dataset, or None when it cannot be read now."""
-    from .datasets import builtin_dataset, load_dataset
-
     try:
         d = spec.data
-        dataset = builtin_dataset(d.builtin) if d.builtin else load_dataset(d.path)  # type: ignore[arg-type]
+        dataset = d.load()
     except (MoASearchError, OSError):
         return None
     return {item.id: item.category_or_default for item in dataset}

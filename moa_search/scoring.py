@@ -175,16 +175,17 @@ def parse_pairwise_verdict(text: str | None) -> Literal["a", "b"] | None:
     return None
 
 
-def parse_grade(text: str | None) -> int | None:
-    """An integer rating 1-10 from ``[[7]]`` (``Rating: [[7]]``); ``None`` if absent, out of
-    range, fractional or contradictory (two different ratings)."""
+def parse_grade(text: str | None) -> int | float | None:
+    """A rating 1-10 from ``[[7]]`` or ``[[9.5]]`` (FastChat reads half points too, so they
+    count); ``None`` if absent, out of range or contradictory (two different ratings), where
+    FastChat would take the first number it finds. Whole ratings come back as ``int``."""
     found = {float(v) for v in _GRADE.findall(text or "")}
     if len(found) != 1:
         return None
     value = found.pop()
-    if not value.is_integer() or not 1 <= value <= 10:
+    if not 1 <= value <= 10:
         return None
-    return int(value)
+    return int(value) if value.is_integer() else value
 
 
 def normalise_text(text: str) -> str:
@@ -259,16 +260,42 @@ class ExactScorer(_ReferenceScorer):
         return ItemScore(item_id, 1.0 if ok else 0.0, "ok")
 
 
+def format_number(value: float) -> str:
+    """Every digit that matters: ``1450001`` not ``1.45e+06``, so a near miss is visible."""
+    if value.is_integer() and abs(value) < 1e21:
+        return str(int(value))
+    return repr(value)
+
+
 class NumericScorer(_ReferenceScorer):
-    """The answer's final number (``extract_number``) equals the reference within tolerance."""
+    """The answer's final number (``extract_number``) equals the reference.
+
+    With no tolerance given, an integer reference must be matched exactly (GSM8K's 1,450,000
+    is not 1,450,001) and a non-integer one within ``DEFAULT_REL_TOL`` / ``DEFAULT_ABS_TOL``
+    (float noise in 1/3). A tolerance given (either one) applies to every item, the other
+    being 0.
+    """
 
     name = "numeric"
+    DEFAULT_REL_TOL: ClassVar[float] = 1e-6
+    DEFAULT_ABS_TOL: ClassVar[float] = 1e-9
 
-    def __init__(self, rel_tol: float = 1e-6, abs_tol: float = 1e-9):
+    def __init__(self, rel_tol: float | None = None, abs_tol: float | None = None):
         for fname, value in (("rel_tol", rel_tol), ("abs_tol", abs_tol)):
+            if value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ConfigError(f"expected a number >= 0, got {value!r}", field=f"scorer.{fname}")
-        self.rel_tol, self.abs_tol = float(rel_tol), float(abs_tol)
+        self.rel_tol = None if rel_tol is None else float(rel_tol)
+        self.abs_tol = None if abs_tol is None else float(abs_tol)
+
+    def tolerances(self, expected: float) -> tuple[float, float]:
+        """``(rel_tol, abs_tol)`` for this reference value."""
+        if self.rel_tol is None and self.abs_tol is None:
+            if expected.is_integer():
+                return 0.0, 0.0
+            return self.DEFAULT_REL_TOL, self.DEFAULT_ABS_TOL
+        return self.rel_tol or 0.0, self.abs_tol or 0.0
 
     def _compare(self, item_id: str, reference: str, answer: str) -> ItemScore:
         expected = extract_number(reference)
@@ -277,8 +304,10 @@ class NumericScorer(_ReferenceScorer):
         got = extract_number(answer)
         if got is None:
             return ItemScore(item_id, 0.0, "unparseable", "no number in the answer")
-        ok = math.isclose(got, expected, rel_tol=self.rel_tol, abs_tol=self.abs_tol)
-        return ItemScore(item_id, 1.0 if ok else 0.0, "ok", f"got {got:g}, expected {expected:g}")
+        rel_tol, abs_tol = self.tolerances(expected)
+        ok = got == expected or math.isclose(got, expected, rel_tol=rel_tol, abs_tol=abs_tol)
+        return ItemScore(item_id, 1.0 if ok else 0.0, "ok",
+                         f"got {format_number(got)}, expected {format_number(expected)}")
 
 
 class ChoiceScorer(_ReferenceScorer):
@@ -442,7 +471,8 @@ class LengthControlledJudge(PairwiseJudge):
 
 
 class SingleGradeJudge(_Judge):
-    """MT-Bench-style single-answer grading: a 1-10 rating mapped to (g - 1) / 9 in [0, 1]."""
+    """MT-Bench-style single-answer grading: a 1-10 rating (decimals such as 9.5 count, as in
+    FastChat) mapped to (g - 1) / 9 in [0, 1]."""
 
     name = "single_grade_judge"
 
@@ -485,7 +515,8 @@ class EvalResult:
     mean (g-1)/9 for the single-grade judge, mean preference (= raw win rate / 100) for the
     pairwise judge, and the LC win rate / 100 for ``length_controlled`` (``headline`` says which).
     ``win_rate``/``win_rate_se``/``lc_win_rate`` are AlpacaEval-style percentages (0-100),
-    set for pairwise judges only. Judge cost is kept apart from the config's own cost.
+    set for pairwise judges only, with the counts beside them as the leaderboards print them
+    (``n_wins``: preferred in both orders, ``n_draws``: split, ``n_losses``: baseline in both). Judge cost is kept apart from the config's own cost.
     """
 
     scorer: str
@@ -503,6 +534,9 @@ class EvalResult:
     win_rate: float | None = None
     win_rate_se: float | None = None
     lc_win_rate: float | None = None
+    n_wins: int | None = None
+    n_draws: int | None = None
+    n_losses: int | None = None
 
     @property
     def n_failed(self) -> int:
@@ -528,6 +562,7 @@ class EvalResult:
             "win_rate": _finite_or_none(self.win_rate),
             "win_rate_se": _finite_or_none(self.win_rate_se),
             "lc_win_rate": _finite_or_none(self.lc_win_rate),
+            "n_wins": self.n_wins, "n_draws": self.n_draws, "n_losses": self.n_losses,
         }
 
 
@@ -592,7 +627,8 @@ async def score_traces(scorer: Scorer, items: Dataset | Iterable[Item], traces: 
         lc = lc_win_rate_ci(values, len_candidate, len_baseline, confidence=confidence,
                             n_resamples=lc_resamples, seed=seed)
         result.update(win_rate=win_rate, win_rate_se=win_rate_se, lc_win_rate=lc.mean,
-                      headline=scorer.headline)
+                      headline=scorer.headline, n_wins=values.count(1.0),
+                      n_draws=values.count(0.5), n_losses=values.count(0.0))
         if scorer.headline == "lc_win_rate":
             quality = _scaled(lc, 0.01)
     return EvalResult(quality=quality, **result)

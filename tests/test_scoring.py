@@ -15,7 +15,7 @@ from moa_search.prompts import PAIRWISE_JUDGE_USER
 from moa_search.providers.base import ChatRequest, Completion, ProviderError, Usage
 from moa_search.scoring import (SCORERS, ChoiceScorer, ExactScorer, LengthControlledJudge,
                                 NumericScorer, PairwiseJudge, RegexScorer, SingleGradeJudge,
-                                extract_choice, extract_number, make_scorer, parse_grade,
+                                extract_choice, extract_number, format_number, make_scorer, parse_grade,
                                 parse_pairwise_verdict, score_traces)
 
 # ---- parsers --------------------------------------------------------------------------------
@@ -80,9 +80,13 @@ def test_parse_pairwise_verdict(text: str, expected: str | None) -> None:
 
 @pytest.mark.parametrize("text, expected", [
     ("Rating: [[7]]", 7), ("[[10]]", 10), ("[[1]]", 1), ("Rating: [[ 8 ]]", 8), ("[[6.0]]", 6),
-    ("[[7.5]]", None), ("[[0]]", None), ("[[11]]", None), ("Rating: [[rating]]", None),
+    # Half points, as FastChat reads them (issue 12: every "Rating: [[9.5]]" used to be lost).
+    ("[[7.5]]", 7.5), ("Rating: [[9.5]]", 9.5), ("[[1.5]]", 1.5),
+    # Still rejected where FastChat would mis-read: out of range, or two ratings (it takes the first).
+    ("[[10.5]]", None), ("[[0.5]]", None), ("[[9.5]] then [[8]]", None), ("Rating: [[9.]]", None),
+    ("[[0]]", None), ("[[11]]", None), ("Rating: [[rating]]", None),
     ("[[3]] then [[8]]", None), ("Rating: 7/10", None), ("", None)])
-def test_parse_grade(text: str, expected: int | None) -> None:
+def test_parse_grade(text: str, expected: float | None) -> None:
     assert parse_grade(text) == expected
 
 
@@ -113,6 +117,31 @@ def test_numeric_scorer_tolerance() -> None:
     assert NumericScorer().score(Item("f", prompt="?", reference="3/4"), "0.75").value == 1.0
     with pytest.raises(ConfigError, match="rel_tol"):
         NumericScorer(rel_tol=-1)
+
+
+def test_numeric_scorer_integer_reference_is_exact_by_default() -> None:
+    """Issue 12: the old default rel_tol 1e-6 accepted 1,450,001 for GSM8K's 1,450,000 and
+    printed both as 1.45e+06."""
+    item = Item("g", prompt="?", reference="1450000")
+    near = NumericScorer().score(item, "The answer is 1,450,001.")
+    assert near.value == 0.0
+    assert near.detail == "got 1450001, expected 1450000"
+    assert NumericScorer().score(item, "#### 1,450,000").value == 1.0
+    assert NumericScorer().score(item, "1450000.0").value == 1.0
+    # Asked for: a tolerance applies to integer references too.
+    assert NumericScorer(rel_tol=1e-6).score(item, "1,450,001").value == 1.0
+    assert NumericScorer(abs_tol=0.5).score(Item("h", prompt="?", reference="7"), "7.4").value == 1.0
+    assert NumericScorer(abs_tol=0.5).score(Item("h", prompt="?", reference="7"), "7.6").value == 0.0
+    # Non-integer references keep the float-noise default and print in full.
+    third = NumericScorer().score(Item("t", prompt="?", reference="0.1"), "0.100001")
+    assert third.value == 0.0 and third.detail == "got 0.100001, expected 0.1"
+    assert NumericScorer().score(Item("s", prompt="?", reference="0.3"), "0.1+0.2 = 0.30000000000000004").value == 1.0
+
+
+@pytest.mark.parametrize("value, text", [(1450001.0, "1450001"), (-3.0, "-3"), (0.75, "0.75"),
+                                         (1 / 3, "0.3333333333333333"), (1e25, "1e+25")])
+def test_format_number_shows_every_digit(value: float, text: str) -> None:
+    assert format_number(value) == text
 
 
 def test_choice_exact_and_regex_scorers() -> None:
@@ -304,6 +333,26 @@ async def test_pairwise_score_traces_reports_alpacaeval_win_rate_lc_and_judge_co
     assert result.judge_calls == 2 * n
     assert result.judge_cost_usd == pytest.approx(0.01 * 2 * n)
     assert result.judge_paid_usd == pytest.approx(result.judge_cost_usd)
+
+
+async def test_pairwise_score_traces_counts_wins_draws_and_losses() -> None:
+    """Issue 12 item 6: the leaderboards print n_wins / n_draws / n_losses beside the win rate."""
+    items = make_instruct_set(7)
+
+    def judge(request: ChatRequest) -> str:
+        a, b = outputs_in(request)
+        if "TIE" in a or "TIE" in b:
+            return "[[a]]"  # position bias: one order each way -> a draw
+        return prefers_good(request)
+    answers = ["GOOD", "GOOD", "TIE", "weak", "weak", "weak", None]
+    traces = [FakeTrace(f"i{k}", a, None if a else "run failed") for k, a in enumerate(answers)]
+    result = await score_traces(PairwiseJudge("j", ScriptedJudgeDouble(judge)), items, traces)
+    assert (result.n_wins, result.n_draws, result.n_losses) == (2, 1, 3)
+    assert result.win_rate == pytest.approx(100 * 2.5 / 6)
+    summary = result.to_dict()
+    assert (summary["n_wins"], summary["n_draws"], summary["n_losses"]) == (2, 1, 3)
+    numeric = await score_traces(NumericScorer(), items, [])
+    assert numeric.n_wins is None and numeric.to_dict()["n_draws"] is None
 
 
 async def test_length_controlled_scorer_discounts_wins_bought_with_length() -> None:

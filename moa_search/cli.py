@@ -663,7 +663,7 @@ FieldOpt = Annotated[Optional[str], typer.Option(help="jsonl/json/csv: the sourc
 
 @data_app.command("import")
 def data_import(
-    src: Annotated[Path, typer.Argument(help="The benchmark file, in its published layout.")],
+    src: Annotated[Path, typer.Argument(metavar="SRC", help="The benchmark file, in its published layout.")],
     fmt: Annotated[str, typer.Option("--format", help="gsm8k | arc | openbookqa | mmlu | alpacaeval | mtbench | jsonl | json | csv")],
     out_file: Annotated[Path, typer.Option("--out", help="The validation set (JSONL) to write.")],
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="alpacaeval: a reference model's model_outputs.json; its outputs become baseline_output.")] = None,
@@ -677,6 +677,8 @@ def data_import(
     MT-Bench imports its first turn only (every turn is kept in metadata)."""
     from .datasets import write_dataset
     from .importers import ImportOptions, import_file
+    if str(out_file) == "-":
+        raise typer.BadParameter("expected a file to write, not '-'", param_hint="--out")
     opts = ImportOptions(baseline, id_field, prompt_field, reference_field, baseline_field, category_field)
     ds = import_file(src, fmt, opts, name=out_file.stem)
     write_dataset(ds, out_file)
@@ -730,7 +732,7 @@ def catalog_list(
     """Models the price database knows, USD per 1M tokens; * marks those already in the catalog."""
     from . import price_db
     quotes = price_db.models(provider, search)
-    in_catalog = {m.lower() for m in load_catalog(catalog).models}
+    in_catalog = price_db.catalog_entries_in_db(load_catalog(catalog).models)
     _print_lines(price_db.list_lines(quotes, in_catalog))
     _print_lines([f"{len(quotes)} models · {price_db.source()}"])
 
@@ -738,13 +740,13 @@ def catalog_list(
 @catalog_app.command("add")
 def catalog_add(
     refs: Annotated[list[str], typer.Argument(metavar="PROVIDER:MODEL...", help="e.g. together:meta-llama/Llama-3.3-70B-Instruct-Turbo")],
-    catalog: Annotated[Path, typer.Option("--catalog", help="Catalog TOML to add to (created when absent).")] = Path("catalog.toml"),
+    catalog: Annotated[Path, typer.Option("--catalog", help="Catalog TOML to add to (created when absent; default ./catalog.toml).")] = Path("catalog.toml"),
     context_window: Annotated[Optional[int], typer.Option("--context-window", min=1, help="Input limit in tokens for the models the database gives none for.")] = None,
 ) -> None:
     """Add complete entries (provider table, price = "genai-prices", context window) to a catalog.
     Exits 1 when the database does not know a model."""
     from . import price_db
-    from .inputs import parse_toml
+    from .inputs import parse_toml, read_text, write_text_atomic
     try:
         entries = [price_db.plan_entry(ref, context_window) for ref in refs]
     except ValueError as exc:
@@ -752,11 +754,11 @@ def catalog_add(
     except price_db.NotInDatabaseError as exc:
         _say_error(str(exc))
         raise typer.Exit(1) from None
-    text = catalog.read_text("utf-8") if catalog.exists() else (
+    text = read_text(catalog, "catalog") if catalog.exists() else (
         f"# Models at today's prices, written by `moa-search catalog add` from {price_db.source()}.\n")
     new_text, skipped = price_db.add_to_catalog(text, entries, dict(parse_toml(text, str(catalog))))
     Catalog.from_toml_text(new_text, source=str(catalog), base_dir=catalog.parent)  # loads, or nothing is written
-    catalog.write_text(new_text, "utf-8")
+    write_text_atomic(catalog, new_text, "catalog")
     for model in skipped:
         _say_error(f"{model!r} is already in {catalog}; left as it is", prefix="note")
     _print_lines([f"{catalog}: added {len(entries) - len(skipped)} model(s)"])
@@ -774,7 +776,7 @@ def catalog_check(
     diffs = price_db.check(cat, threshold)
     if diffs:
         _print_lines(price_db.check_lines(diffs))
-    _print_lines([f"{len({d.model for d in diffs})} of {len(cat.models)} models differ by more than {threshold:.0%} "
+    _print_lines([f"{len({d.model for d in diffs})} of {len(cat.models)} models differ by more than {threshold * 100:g}% "
                   f"from {price_db.source()} or are not in it"])
     if diffs:
         raise typer.Exit(1)

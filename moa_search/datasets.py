@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from .errors import ConfigError
+from .inputs import write_text_atomic
 from .providers.base import Message
 
 ALLOWED_KEYS = frozenset({"id", "prompt", "messages", "reference", "baseline_output", "category",
@@ -323,13 +324,8 @@ def item_to_dict(item: Item) -> dict[str, Any]:
 def write_dataset(dataset: Dataset, path: str | Path) -> Path:
     """Write the set as JSONL that ``load_dataset`` reads back to the same items; the file is
     written whole to a temporary name first, so a failure never leaves half a set behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(item_to_dict(i), ensure_ascii=False) + "\n" for i in dataset)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, text, "validation set")
 
 
 def json_type(value: Any) -> str:

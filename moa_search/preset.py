@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from functools import lru_cache
@@ -37,7 +36,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from .catalog import CATALOG_PRICE, Catalog, Endpoint, ModelInfo, SimProfile, family_rules
 from .config import MoAConfig, Preset, read_config_data
 from .errors import ConfigError
-from .inputs import parse_json, read_text
+from .inputs import parse_json, read_text, write_text_atomic
 from .prompts import TEMPLATES, template_text
 
 PRESET_FORMAT = "moa-preset/1"
@@ -265,19 +264,7 @@ def write_preset(path: str | Path, preset: PresetFile) -> Path:
                               source=str(path))
     # the file must be readable back: validate what we are about to write
     _parse(json.loads(text), str(path))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise ConfigError(f"cannot write preset: {exc.strerror or exc}", source=str(path)) from None
-    return path
+    return write_text_atomic(path, text, "preset")
 
 
 def load_preset(path: str | Path) -> PresetFile:

@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import cache
 from importlib.metadata import version
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from .errors import ConfigError, UnknownModelError
 
@@ -272,12 +272,26 @@ def fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 1] + "~"
 
 
-def list_lines(quotes: list[PriceQuote], in_catalog: set[str]) -> list[str]:
+def catalog_entries_in_db(models: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """(database provider, database model id) of each catalog entry the database knows, found
+    as ``lookup`` finds them (so ``gpt-4-turbo-2024-04-09`` marks ``gpt-4-turbo``)."""
+    found = set()
+    for model_id, info in models.items():
+        endpoint = info.endpoint
+        try:
+            quote = lookup(endpoint.name, model_id, base_url=endpoint.base_url)
+        except (UnknownModelError, ConfigError):
+            continue
+        found.add((quote.provider, quote.model.lower()))
+    return found
+
+
+def list_lines(quotes: list[PriceQuote], in_catalog: set[tuple[str, str]]) -> list[str]:
     """``catalog list`` rows: ``*`` marks a model already in the catalog; 78 columns at most."""
     head = f"  {'provider':<10} {'model':<41} {'$in/1M':>7} {'$out/1M':>7} {'context':>9}"
     rows = [head]
     for q in quotes:
-        mark = "*" if q.model.lower() in in_catalog else " "
+        mark = "*" if (q.provider, q.model.lower()) in in_catalog else " "
         window = f"{q.context_window:,}" if q.context_window else "-"
         rows.append(f"{mark} {fit(q.provider, 10):<10} {fit(q.model, 41):<41} {q.input_price:>7.3g} "
                     f"{q.output_price:>7.3g} {window:>9}")

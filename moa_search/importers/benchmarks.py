@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..datasets import Item
-from ..scoring import LETTERS
+from ..scoring import LETTERS, extract_number
 from ._read import Row, csv_rows, json_rows, jsonl_rows
 from .options import ImportOptions
 
@@ -37,6 +37,8 @@ def gsm8k(path: Path, opts: ImportOptions) -> Iterator[tuple[Row, Item]]:
         if match is None or "####" in match.group(1):
             raise row.fail("expected the answer to end with '#### N'", "answer")
         final = match.group(1).replace(",", "").strip()
+        if extract_number(final) is None:  # such an item could never be scored right
+            raise row.fail(f"expected a number after '####', got {final!r}", "answer")
         yield row, Item(id=f"gsm8k-{n}", prompt=question, reference=final,
                         metadata={"solution": (answer or "")[:match.start()].strip()})
 

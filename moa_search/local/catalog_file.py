@@ -10,11 +10,10 @@ call costs no money (its cost is time, measured as latency).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from ..inputs import write_text_atomic
 from .servers import LocalServer
 
 
@@ -46,9 +45,4 @@ def catalog_text(servers: Sequence[LocalServer], command: str) -> str:
 
 def write_catalog(path: Path, servers: Sequence[LocalServer], command: str) -> Path:
     """Written atomically, so a reader never sees half a catalog."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(catalog_text(servers, command))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, catalog_text(servers, command), "catalog")

@@ -15,14 +15,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .servers import LocalServer, ServerSpec
+from ..inputs import write_text_atomic
 from ..procs import pid_alive
+from .servers import LocalServer, ServerSpec
 
 STATE_ENV = "MOA_SEARCH_LOCAL_STATE"
 DEFAULT_STATE = Path("runs/local/servers.json")
@@ -80,11 +80,8 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _write(path: Path, records: Sequence[ServerRecord]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({"servers": [asdict(r) for r in records]}, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps({"servers": [asdict(r) for r in records]}, indent=2) + "\n",
+                      "local server state")
 
 
 def register(path: Path, servers: Sequence[LocalServer], owner_pid: int) -> None:

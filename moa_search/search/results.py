@@ -6,6 +6,7 @@ import optuna
 
 from ..config import MoAConfig
 from ..errors import ConfigError
+from ..store_backend import redact_url
 from .budget import _spent
 from .records import StudyResult, TrialMetrics, TrialRecord, _record
 from .storage import open_storage
@@ -18,7 +19,7 @@ def load_result(storage_url: str, study_name: str) -> StudyResult:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         names = optuna.get_all_study_names(storage)
-        raise ConfigError(f"no study {study_name!r} in {storage_url}; it holds {names}",
+        raise ConfigError(f"no study {study_name!r} in {redact_url(storage_url)}; it holds {names}",
                           field="study.name") from None
     attrs = study.user_attrs
     objectives = attrs.get("objectives", {})

@@ -203,11 +203,11 @@ def open_study(spec: StudySpec, *, sampler: optuna.samplers.BaseSampler | None =
         study = optuna.create_study(storage=storage, study_name=spec.name, directions=directions,
                                     sampler=sampler, load_if_exists=True)
     except Exception as exc:
-        raise ConfigError(f"cannot open study {spec.name!r} in {spec.storage!r}: {exc}",
-                          source=spec.source, field="study.storage") from None
+        raise ConfigError(f"cannot open study {spec.name!r} in {redact_url(spec.storage)!r}: "
+                          f"{first_line(exc)}", source=spec.source, field="study.storage") from None
     have = [d.name.lower() for d in study.directions]
     if have != directions:
-        raise ConfigError(f"study {spec.name!r} already exists in {spec.storage} with directions {have}, "
+        raise ConfigError(f"study {spec.name!r} already exists in {redact_url(spec.storage)} with directions {have}, "
                           f"but the file asks for {directions}; use a new study name",
                           source=spec.source, field="objectives")
     return study

@@ -28,9 +28,10 @@ def _start_together(spec: StudySpec, worker: int, barrier) -> None:  # type: ign
     run_study(spec, FormulaEvaluator(), ITEMS, worker=worker, cost_estimate=formula_estimate)
 
 
-def test_processes_starting_a_fresh_study_at_once_all_run_and_queue_built_ins_once(tmp_path: Path) -> None:
-    spec = make_spec(tmp_path, space=SPACE, budget={"trials": 8})
-    ctx = multiprocessing.get_context("fork")
+def start_three_at_once_and_check(spec: StudySpec) -> None:
+    """Three processes start ``spec`` (8 trials) together on fresh storage: all exit 0, the
+    built-ins are queued once, the trial budget holds. Shared with the PostgreSQL test."""
+    ctx = multiprocessing.get_context("fork")  # ready at the barrier together: the tightest race
     barrier = ctx.Barrier(3)
     procs = [ctx.Process(target=_start_together, args=(spec, w, barrier)) for w in range(3)]
     for p in procs:
@@ -38,10 +39,14 @@ def test_processes_starting_a_fresh_study_at_once_all_run_and_queue_built_ins_on
     for p in procs:
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0, 0]
-    study = optuna.load_study(study_name="s", storage=spec.storage)
+    study = optuna.load_study(study_name="s", storage=open_storage(spec.storage, create=False))
     enqueued = [t.user_attrs["enqueued_as"] for t in study.trials if "enqueued_as" in t.user_attrs]
     assert sorted(enqueued) == ["single w-mid", "single w-strong-cheap"]  # once, not once per process
     assert len(_counted(load_result(spec.storage, "s"))) == 8
+
+
+def test_processes_starting_a_fresh_study_at_once_all_run_and_queue_built_ins_once(tmp_path: Path) -> None:
+    start_three_at_once_and_check(make_spec(tmp_path, space=SPACE, budget={"trials": 8}))
 
 
 class HangingEvaluator(FormulaEvaluator):

@@ -23,18 +23,16 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-import optuna
 import pytest
 
 from moa_search.cli import main
-from moa_search.search import load_result, open_storage
 from moa_search.store import CLAIM_LEASE_S, SCHEMA_VERSION, CallStore, StoreError
 from moa_search.store_backend import open_backend
 from moa_search.store_schema import MIGRATIONS, init_schema
 from moa_search.study_spec import parse_study_spec
 from tests import test_store
-from tests.test_crash_safety import SPACE, _start_together
-from tests.test_search import _counted, make_spec
+from tests.test_crash_safety import SPACE, start_three_at_once_and_check
+from tests.test_search import make_spec
 from tests.test_store import SECRET, CountingProvider, GatedProvider, req
 
 REPO = Path(__file__).resolve().parent.parent
@@ -314,19 +312,8 @@ def test_a_killed_process_loses_no_paid_call_on_postgres(pg_url: str) -> None:
 
 def test_processes_starting_one_study_on_a_fresh_postgres_database_all_run_and_queue_built_ins_once(
         pg_url: str, tmp_path: Path) -> None:
-    spec = make_spec(tmp_path, space=SPACE, budget={"trials": 8}, study={"storage": pg_url})
-    ctx = multiprocessing.get_context("fork")  # ready at the barrier together: the tightest race
-    barrier = ctx.Barrier(3)
-    procs = [ctx.Process(target=_start_together, args=(spec, w, barrier)) for w in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0, 0]
-    study = optuna.load_study(study_name="s", storage=open_storage(pg_url, create=False))
-    enqueued = [t.user_attrs["enqueued_as"] for t in study.trials if "enqueued_as" in t.user_attrs]
-    assert sorted(enqueued) == ["single w-mid", "single w-strong-cheap"]  # once, not once per process
-    assert len(_counted(load_result(pg_url, "s"))) == 8
+    start_three_at_once_and_check(make_spec(tmp_path, space=SPACE, budget={"trials": 8},
+                                            study={"storage": pg_url}))
 
 
 STUDY = (REPO / "tests" / "test_study_workflow.py").read_text("utf-8").split('STUDY = """', 1)[1] \

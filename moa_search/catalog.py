@@ -14,7 +14,9 @@ Prices: an entry gives ``input_price`` and ``output_price`` (USD per 1M tokens; 
 private deployments, local models and the paper's 2024 list prices), or ``price = "genai-prices"``
 (the default for an entry without prices) to look them up by provider and model id, offline, in
 the installed ``genai-prices`` database (``price_db``); each model records where its price came
-from (``price_source``) and since when it holds (``price_date``).
+from (``price_source``) and since when it holds (``price_date``). Prompt tokens the provider
+reports as read from its prompt cache cost ``cached_input_price`` (the database's cache-read price,
+or typed beside the other two), else the input price.
 
 Request rules: what a model's API accepts (``max_tokens_field``, ``temperature``,
 ``system_role``), defaulted per model family (OpenAI's reasoning models refuse ``max_tokens``
@@ -37,7 +39,8 @@ from .inputs import parse_toml, read_text
 from .keys import check_env_name
 
 _PROVIDER_KEYS = {"base_url", "api_key_env", "concurrency", "timeout_s"}
-_MODEL_KEYS = {"provider", "input_price", "output_price", "price", "context_window", "max_tokens", "sim",
+_MODEL_KEYS = {"provider", "input_price", "output_price", "cached_input_price", "price", "context_window",
+               "max_tokens", "sim",
                "max_tokens_field", "temperature", "system_role"}
 _SIM_KEYS = {"skill", "ttft_s", "tokens_per_s", "verbosity"}
 _LOCAL_KEYS = {"gguf", "chat_format", "n_threads", "n_ctx"}
@@ -156,10 +159,15 @@ class ModelInfo:
     rules: RequestRules = RequestRules()
     price_source: str = CATALOG_PRICE  # "catalog" or "genai-prices 0.2.3"
     price_date: str = ""  # ISO date the database's price took effect; "" when typed or undated
-    cached_input_price: float | None = None  # USD per 1M cache-read input tokens (database only)
+    cached_input_price: float | None = None  # USD per 1M cache-read input tokens; None: input price
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input_price + completion_tokens * self.output_price) / 1e6
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int = 0) -> float:
+        """USD for one call. ``cached_prompt_tokens`` (part of ``prompt_tokens``, as the provider
+        reported it) cost the cache-read price when the price table has one, else the input price."""
+        cached = min(max(cached_prompt_tokens, 0), prompt_tokens)
+        cached_price = self.input_price if self.cached_input_price is None else self.cached_input_price
+        return ((prompt_tokens - cached) * self.input_price + cached * cached_price
+                + completion_tokens * self.output_price) / 1e6
 
 
 @dataclass(frozen=True)
@@ -276,7 +284,8 @@ class Catalog:
                 rules=_rules(raw, model_id, source, f),
                 price_source=quote.source if quote else CATALOG_PRICE,
                 price_date=quote.effective if quote else "",
-                cached_input_price=quote.cached_input_price if quote else None,
+                cached_input_price=quote.cached_input_price if quote else _num(
+                    raw, "cached_input_price", source, f, lo=0.0, default=None),
                 sim=sim,
                 local=local,
                 # below the window: a request needs at least one prompt token
@@ -293,7 +302,7 @@ def _database_price(raw: Mapping[str, Any], model_id: str, endpoint: Endpoint, s
     """The database's price when the entry asks for it (``price = "genai-prices"``) or gives no
     prices at all; None when the entry's own prices are to be used. Giving both is refused: which
     one would win is not obvious from the file."""
-    typed = {"input_price", "output_price"} & set(raw)
+    typed = {"input_price", "output_price", "cached_input_price"} & set(raw)
     if "price" in raw:
         if raw["price"] != price_db.DATABASE:
             raise ConfigError(f"expected \"{price_db.DATABASE}\" (or input_price and output_price instead), "

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Awaitable, Callable, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Annotated, Awaitable, Callable, Optional, Sequence, TextIO, TypeVar
 
 import typer
 from rich.console import Console
@@ -28,17 +29,29 @@ from .prompts import user_prompt
 from .runner import DegradedPolicy, ItemTrace, Runner
 
 if TYPE_CHECKING:
+    from rich.table import Column, Table
+
     from .evaluate import ConfigEvaluation
     from .providers.base import Provider
     from .search import StudyResult, TrialRecord
+    from .study_spec import StudySpec
     from .serving import ConnectionLimits
+from .price_db import DEFAULT_THRESHOLD
 from .store import CallStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Search Mixture-of-Agents LLM configurations for quality, cost and latency.")
-# Wider than rich's 80-column default when piped, so tables of configs stay readable in logs.
-out = Console(width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+
+
+def _width(stream: TextIO) -> int | None:
+    """None (rich measures: the terminal's width, or ``COLUMNS``) for a terminal or when
+    ``COLUMNS`` is set; else 80. Left to itself, rich would ask stdin's terminal when output is
+    piped, so a log's tables would change with the window the command was typed in."""
+    return None if stream.isatty() or os.environ.get("COLUMNS", "").isdigit() else 80
+
+
+out = Console(width=_width(sys.stdout))
+err = Console(stderr=True, width=_width(sys.stderr))
 
 DEFAULT_STORE = "runs/calls.db"
 DEFAULT_JUDGE = "gpt-4-turbo-2024-04-09"  # AlpacaEval 2.0's annotator family
@@ -253,6 +266,7 @@ ScorerOpt = Annotated[str, typer.Option("--scorer", help="exact | numeric | choi
 JudgeOpt = Annotated[Optional[str], typer.Option("--judge-model", help=f"Judge model for judge scorers (default {DEFAULT_JUDGE}).")]
 ItemsOpt = Annotated[Optional[int], typer.Option("--n-items", min=1, help="Deterministic subsample of this many items (default: all).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+WideOpt = Annotated[bool, typer.Option("--wide", help="Each value whole on one line, however wide the table (default: fit the terminal, or 80 columns when piped).")]
 RelTolOpt = Annotated[Optional[float], typer.Option("--rel-tol", min=0, help="numeric scorer: relative tolerance for every item (default: integer references exact, others 1e-6).")]
 AbsTolOpt = Annotated[Optional[float], typer.Option("--abs-tol", min=0, help="numeric scorer: absolute tolerance for every item (default: integer references exact, others 1e-9).")]
 
@@ -425,30 +439,68 @@ def compare(
 @app.command()
 def calls(
     store: StoreOpt = DEFAULT_STORE,
+    study: Annotated[Optional[Path], typer.Option("--study", help="The call store of this study file (in place of --store).")] = None,
+    runs_dir: Annotated[Optional[Path], typer.Option("--runs-dir", help="With --study: where studies keep their storage and call store (default ./runs).")] = None,
     model: Annotated[Optional[str], typer.Option("--model")] = None,
     role: Annotated[Optional[str], typer.Option("--role", help="proposer | aggregator | judge")] = None,
     run: Annotated[Optional[str], typer.Option("--run", help="Run id prefix, e.g. 'study:sim-demo/'.")] = None,
     cached: Annotated[Optional[bool], typer.Option("--cached/--paid", help="Only cache hits / only paid calls.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=0)] = 50,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    wide: WideOpt = False,
 ) -> None:
     """List and filter the call store, newest first, with the spend of the selection."""
-    cs = CallStore(store, create=False)  # "no call store here yet" rather than a new one
+    cs = _viewed_store(store, study, runs_dir)
     rows = cs.calls(model=model, role=role, run_id_prefix=run, cached=cached, limit=limit)
     spend = cs.spend(model=model, role=role, run_id_prefix=run, cached=cached)  # what is listed
     if as_json:
         from dataclasses import asdict
         out.print_json(json.dumps({"calls": [asdict(r) for r in rows], "spend": asdict(spend)}))
         return
-    from rich.table import Table
-    table = Table("id", "time", "model", "role", "run", "item", "cached", "paid $", "list $", "latency s", "error")
+    flat = _table(_num("id"), "time", _text("model"), "role", _text("run"), _text("item"), "cached",
+                  _num("paid $"), _num("list $"), _num("latency s"), _text("error"))
+    stacked = _table(_num("id"), "time\nlatency s", _text("model\nrole"), _text("run\nitem"), "cached",
+                     _num("paid $\nlist $"), _text("error"))
     for r in rows:
-        table.add_row(str(r.id), r.ts[11:19], r.model.rsplit("/", 1)[-1], r.role, r.run_id or "",
-                      r.item_id or "", "yes" if r.cached else "", f"{r.paid_usd:.5f}", f"{r.cost_usd:.5f}",
-                      "" if r.latency_s is None else f"{r.latency_s:.2f}", (r.error or "")[:40])
-    out.print(table)
+        cells = (str(r.id), r.ts[11:19], r.model.rsplit("/", 1)[-1], r.role, r.run_id or "", r.item_id or "",
+                 "yes" if r.cached else "", f"{r.paid_usd:.5f}", f"{r.cost_usd:.5f}",
+                 "" if r.latency_s is None else f"{r.latency_s:.2f}", r.error or "")
+        flat.add_row(*cells)
+        i, ts, name, role_, run_id, item, hit, paid, listed, latency, error = cells
+        stacked.add_row(i, f"{ts}\n{latency}", f"{name}\n{role_}", f"{run_id}\n{item}", hit, f"{paid}\n{listed}",
+                        error[:40])
+    _print_table(flat if wide or _natural_width(flat) <= out.width else stacked, wide)
     out.print(f"{spend.calls} calls ({spend.cached_calls} from store, {spend.failed_calls} failed) · "
               f"paid ${spend.paid_usd:.4f} · saved by the store ${spend.saved_usd:.4f}", markup=False)
+
+
+def _viewed_store(store: str, study: Path | None, runs_dir: Path | None) -> CallStore:
+    """The store ``calls`` lists: ``--study``'s, else ``--store``. When the default store is
+    absent the error names the studies' stores under ``runs/``, where a study's calls went."""
+    from .store_backend import NoStoreError, StoreError
+    if study is not None:
+        if store != DEFAULT_STORE:
+            raise typer.BadParameter("give --study or --store, not both", param_hint="--study")
+        from .study_spec import load_study_spec
+        return CallStore(str(load_study_spec(study, runs_dir=runs_dir).call_store), create=False)
+    try:
+        return CallStore(store, create=False)  # "no call store here yet" rather than a new one
+    except NoStoreError:
+        found = sorted(Path(store).parent.glob("*/calls.db"),  # one with its study file, newest first
+                       key=lambda f: (not _study_file(f).is_file(), -f.stat().st_mtime))
+        if store != DEFAULT_STORE or not found:
+            raise
+        first = found[0]
+        tries = [f"--store {first}"]
+        if _study_file(first).is_file():
+            tries.insert(0, f"--study {_study_file(first)}")
+        raise StoreError(f"no call store here; studies keep theirs in runs/<name>/calls.db "
+                         f"({', '.join(str(f) for f in found)}): try {' or '.join(tries)}", path=store) from None
+
+
+def _study_file(call_store: Path) -> Path:
+    """``studies/NAME.toml`` for ``runs/NAME/calls.db``: where the README's studies live."""
+    return Path("studies") / f"{call_store.parent.name}.toml"
 
 
 @app.command()
@@ -504,18 +556,56 @@ def _metrics_row(r: "TrialRecord") -> list[str]:
             f"{m.latency_p50_s:.2f}", f"{m.latency_p95_s:.2f}", str(m.n_items)]
 
 
-def print_study(result: "StudyResult", degraded: DegradedPolicy | None = None) -> None:
-    """The front, the target answer, the trial and spend counts, and the items faults touched
-    (``degraded``: the study's ``[scorer] degraded`` policy, named when given)."""
+def _table(*columns: "str | Column", title: str | None = None) -> "Table":
+    """The CLI's tables: a rule under the header and one space between columns (no box), so a
+    study's seven columns leave a config 30 of 80 columns. Plain headers never wrap."""
+    from rich import box
     from rich.table import Column, Table
+    return Table(*(Column(c, no_wrap=True) if isinstance(c, str) else c for c in columns), title=title,
+                 box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0))
+
+
+def _num(header: str) -> "Column":
+    """A number column: right-aligned and never wrapped, so rich narrows text columns instead."""
+    from rich.table import Column
+    return Column(header, justify="right", no_wrap=True)
+
+
+def _text(header: str) -> "Column":
+    """A text column that wraps (and folds a long word) to fit the width, cutting nothing."""
+    from rich.table import Column
+    return Column(header, overflow="fold")
+
+
+def _natural_width(table: "Table") -> int:
+    """The width ``table`` takes with no limit: every cell on one line."""
+    from rich.measure import Measurement
+    return Measurement.get(out, out.options.update(max_width=1_000_000), table).maximum
+
+
+def _print_table(table: "Table", wide: bool = False) -> None:
+    """Print at the console's width (text columns wrap), or with ``wide`` at the table's own
+    width, each value whole on one line (for a log or a wide terminal)."""
+    if not wide:
+        out.print(table)
+        return
+    Console(file=out.file, width=max(out.width, _natural_width(table)), force_terminal=out.is_terminal,
+            no_color=out.no_color).print(table)
+
+
+def print_study(result: "StudyResult", degraded: DegradedPolicy | None = None, wide: bool = False) -> None:
+    """The front, the target answer, the trial and spend counts, and the items faults touched
+    (``degraded``: the study's ``[scorer] degraded`` policy, named when given). ``wide``: each
+    config whole on one line however wide the table."""
     sim = " (simulated world)" if result.is_simulated else ""
-    table = Table("trial", Column("config", min_width=30), "quality % [95% CI]", "$/item", "p50 s", "p95 s", "n",
-                  title=f"Pareto front of study {result.study_name}{sim}: "
-                        f"{', '.join(f'{d} {o}' for o, d in zip(result.objective_names, result.directions))}")
+    table = _table(_num("trial"), _text("config"), _num("quality % [95% CI]"), _num("$/item"), _num("p50 s"),
+                   _num("p95 s"), _num("n"),
+                   title=f"Pareto front of study {result.study_name}{sim}: "
+                         f"{', '.join(f'{d} {o}' for o, d in zip(result.objective_names, result.directions))}")
     for r in sorted(result.pareto_front, key=lambda r: r.metrics.cost_usd_per_item if r.metrics else 0):
         if r.metrics is not None:
             table.add_row(*_metrics_row(r))
-    out.print(table)
+    _print_table(table, wide)
     if result.target is not None:
         t = result.cheapest_meeting_target()
         out.print(("[green]target met[/green]: " if t.met else "[yellow]target not met[/yellow]: ") + t.message,
@@ -564,6 +654,7 @@ def study_run(
     concurrency: ConcurrencyOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     quiet: QuietOpt = False,
+    wide: WideOpt = False,
 ) -> None:
     """Run (or resume) a study; print the Pareto front. Exits 1, naming the first error, when
     trials were evaluated but not one item could be scored."""
@@ -572,13 +663,17 @@ def study_run(
     from .study_spec import load_study_spec
     optuna_quiet()
     spec = load_study_spec(study_file, runs_dir=runs_dir)
+    stale, prices = _study_prices(spec)
+    if stale:
+        _say_error(stale, prefix="warning")
     with trial_progress(spec.budget.trials, quiet=quiet or as_json, console=err) as on_trial:
         result = run_study_file(study_file, runs_dir=runs_dir, workers=workers, on_trial=on_trial,
                                 overrides=EndpointOverrides(timeout, concurrency))
     if as_json:
-        out.print_json(json.dumps(_result_json(result)))
+        out.print_json(json.dumps({**_result_json(result), "prices": prices}))
     else:
-        print_study(result, spec.scorer.degraded)
+        print_study(result, spec.scorer.degraded, wide)
+        out.print(prices, markup=False, highlight=False, soft_wrap=True)
     if report is not None:
         _write_report(study_file, runs_dir, report, quiet=as_json)
     failure = result.total_failure()
@@ -597,14 +692,19 @@ def study_show(
     study_file: Annotated[Path, typer.Argument(help="Study file (TOML).")],
     runs_dir: RunsDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    wide: WideOpt = False,
 ) -> None:
     """Print a study's Pareto front, the cheapest config meeting the target, and the spend."""
     from .study import study_result
     spec, result = study_result(study_file, runs_dir=runs_dir)
+    stale, prices = _study_prices(spec)
+    if stale:
+        _say_error(stale, prefix="warning")
     if as_json:
-        out.print_json(json.dumps(_result_json(result)))
+        out.print_json(json.dumps({**_result_json(result), "prices": prices}))
     else:
-        print_study(result, spec.scorer.degraded)
+        print_study(result, spec.scorer.degraded, wide)
+        out.print(prices, markup=False, highlight=False, soft_wrap=True)
 
 
 @study_app.command("export")
@@ -767,7 +867,7 @@ def catalog_add(
 @catalog_app.command("check")
 def catalog_check(
     catalog: CatalogOpt = None,
-    threshold: Annotated[float, typer.Option("--threshold", min=0.0, help="Relative difference that counts as changed.")] = 0.05,
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, help="Relative difference that counts as changed.")] = DEFAULT_THRESHOLD,
 ) -> None:
     """Each typed price in the catalog against the database today; exits 1 when any differs by
     more than --threshold or a model is unknown to the database."""
@@ -780,6 +880,20 @@ def catalog_check(
                   f"from {price_db.source()} or are not in it"])
     if diffs:
         raise typer.Exit(1)
+
+
+def _study_prices(spec: "StudySpec") -> tuple[str | None, str]:
+    """For the models a study can use: the one-line warning when their typed prices differ from
+    the price database by more than ``catalog check``'s threshold (None when not), and the
+    footer naming the price table its costs come from. Offline: the installed database only."""
+    from . import price_db
+    cat = spec.load_catalog()
+    target = spec.objectives.target
+    judge = spec.scorer.options.get("judge_model")
+    models = {*spec.space.models, *spec.space.aggregators, *([str(judge)] if judge else []),
+              *(target.baseline_config.models if target and target.baseline_config else ())}
+    path = str(spec.catalog_path) if spec.catalog_path else None
+    return price_db.stale_warning(cat, models, catalog_path=path), price_db.price_tables(cat, models)
 
 
 def _answer_key(paths: list[Path]) -> "object | None":

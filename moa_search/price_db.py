@@ -168,12 +168,15 @@ class PriceDiff:
         return (self.database - self.catalog) / self.catalog
 
 
-def check(catalog: Any, threshold: float = DEFAULT_THRESHOLD) -> list[PriceDiff]:
-    """Each priced catalog entry against the database: the prices that differ by more than
-    ``threshold``, and the models the database lacks (``database`` None). Local models and
-    entries already priced from the database are skipped (there is nothing to compare)."""
+def check(catalog: Any, threshold: float = DEFAULT_THRESHOLD,
+          models: Iterable[str] | None = None) -> list[PriceDiff]:
+    """Each priced catalog entry (or only ``models``) against the database: the prices that
+    differ by more than ``threshold``, and the models the database lacks (``database`` None).
+    Local models and entries already priced from the database are skipped (there is nothing to
+    compare)."""
     diffs: list[PriceDiff] = []
-    for info in catalog.models.values():
+    chosen = catalog.models.values() if models is None else [catalog.models[m] for m in sorted(set(models))]
+    for info in chosen:
         if info.local is not None or info.price_source.startswith(DATABASE):
             continue
         try:
@@ -187,6 +190,39 @@ def check(catalog: Any, threshold: float = DEFAULT_THRESHOLD) -> list[PriceDiff]
             if abs(diff.change or 0.0) > threshold:
                 diffs.append(diff)
     return diffs
+
+
+def price_tables(catalog: Any, models: Iterable[str]) -> str:
+    """Which price tables the costs of ``models`` come from, for a results footer:
+    ``prices: genai-prices 0.2.3 for 2 models, typed in catalog studies/my.toml for 1``."""
+    counts: dict[str, int] = {}
+    for model in sorted(set(models)):
+        found = catalog.models[model].price_source
+        table = found if found.startswith(DATABASE) else f"typed in catalog {catalog.source}"
+        counts[table] = counts.get(table, 0) + 1
+    if len(counts) == 1:
+        [table] = counts
+        return f"prices: {table}" + ("" if table.startswith("typed") else f" (catalog {catalog.source})")
+    parts = [f"{table} for {n} model{'s' if n > 1 else ''}" for table, n in sorted(counts.items())]
+    return "prices: " + ", ".join(parts)
+
+
+def stale_warning(catalog: Any, models: Iterable[str], threshold: float = DEFAULT_THRESHOLD,
+                  catalog_path: str | None = None) -> str | None:
+    """One line when a typed price of ``models`` differs from the database by more than
+    ``threshold`` (``check``'s verdict, so ``catalog check`` and this agree), naming how many and
+    the command that lists them; None when none does. Models the database lacks are counted in
+    the line but do not raise it alone: a model no longer sold has no price to be stale against."""
+    models = set(models)
+    diffs = check(catalog, threshold, models)
+    changed = len({d.model for d in diffs if d.database is not None})
+    if not changed:
+        return None
+    unknown = len({d.model for d in diffs if d.database is None})
+    where = f" --catalog {catalog_path}" if catalog_path else ""
+    return (f"the typed prices of {changed} of the study's {len(models)} models differ by more than "
+            f"{threshold * 100:g}% from {source()}" + (f" ({unknown} not in it)" if unknown else "")
+            + f"; costs use the typed prices: moa-search catalog check{where}")
 
 
 # ---- catalog files and tables (`moa-search catalog ...`) ------------------------------------

@@ -381,14 +381,16 @@ class CallStore:
     def lookup(self, key: str) -> Completion | None:
         """The stored answer for ``key`` as a free hit (``cached=True``), or None."""
         with self._locked("read the call store") as db:
-            rows = db.fetch("SELECT model, text, prompt_tokens, completion_tokens, cost_usd,"
+            rows = db.fetch("SELECT model, text, prompt_tokens, completion_tokens,"
+                            " cached_prompt_tokens, cost_usd,"
                             " latency_s, ttft_s, finish_reason, simulated"
                             " FROM responses WHERE key = ?", [key])
         if not rows:
             return None
         r = rows[0]
         return Completion(text=r["text"], model=r["model"],
-                          usage=Usage(r["prompt_tokens"], r["completion_tokens"]),
+                          usage=Usage(r["prompt_tokens"], r["completion_tokens"],
+                                      r["cached_prompt_tokens"]),
                           cost_usd=r["cost_usd"], latency_s=r["latency_s"], ttft_s=r["ttft_s"],
                           finish_reason=r["finish_reason"], simulated=bool(r["simulated"]),
                           cached=True)
@@ -471,6 +473,7 @@ class CallStore:
             "request_json": canonical_json(request.identity()), "text": scrub_content(answer.text),
             "prompt_tokens": answer.usage.prompt_tokens,
             "completion_tokens": answer.usage.completion_tokens,
+            "cached_prompt_tokens": answer.usage.cached_prompt_tokens,
             "cost_usd": answer.cost_usd, "latency_s": answer.latency_s, "ttft_s": answer.ttft_s,
             "finish_reason": answer.finish_reason, "simulated": int(answer.simulated),
             "created_at": _now(),

@@ -95,6 +95,7 @@ RESPONSE_COLUMNS: dict[str, type] = {
     "key": str, "endpoint": str, "model": str, "request_json": str, "text": str,
     "prompt_tokens": int, "completion_tokens": int, "cost_usd": float, "latency_s": float,
     "ttft_s": float, "finish_reason": str, "simulated": int, "created_at": str,
+    "cached_prompt_tokens": int,
 }
 CALL_COLUMNS: dict[str, type] = {
     "id": int, "ts": str, "key": str, "model": str, "role": str, "run_id": str, "item_id": str,
@@ -109,11 +110,12 @@ INFLIGHT_COLUMNS: dict[str, type] = {
 META = Table(META_TABLE, (Column("name", str), Column("value", str)), key="name")
 
 _CALLS_V1 = {k: v for k, v in CALL_COLUMNS.items() if k != "possibly_billed"}
+_RESPONSES_V1 = {k: v for k, v in RESPONSE_COLUMNS.items() if k != "cached_prompt_tokens"}
 
 #: Numbered schema migrations, applied in order inside one transaction; never edit a released one.
 MIGRATIONS: tuple[tuple[int, tuple[Step, ...]], ...] = (
     (1, (  # answers and the run log
-        Table("responses", _columns(RESPONSE_COLUMNS, {"endpoint", "model", "request_json", "text"}),
+        Table("responses", _columns(_RESPONSES_V1, {"endpoint", "model", "request_json", "text"}),
               key="key"),
         Table("calls", _columns(_CALLS_V1, {"ts", "key", "model", "role", "cached"}), key="id",
               auto_id=True),
@@ -122,6 +124,9 @@ MIGRATIONS: tuple[tuple[int, tuple[Step, ...]], ...] = (
     (2, (  # cross-process single-flight and the crash trace: claims, and possibly billed calls
         Table("inflight", _columns(INFLIGHT_COLUMNS, {"owner", "host", "pid", "started"}), key="key"),
         AddColumn("calls", Column("possibly_billed", int, not_null=True, default=0)),
+    )),
+    (3, (  # the prompt tokens the provider read from its cache (cheaper), so a hit keeps its usage
+        AddColumn("responses", Column("cached_prompt_tokens", int, not_null=True, default=0)),
     )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -14,6 +14,8 @@ first differing line, when the committed block is not what the command prints no
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -43,16 +45,32 @@ def moa_search() -> list[str]:
 
 def sample() -> str:
     """Run the command in a fresh runs folder and shape what it printed into the README block."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # piped: 80 columns, as in a terminal
     with tempfile.TemporaryDirectory(prefix="moa-readme-sample-") as runs:
-        done = subprocess.run([*moa_search(), *COMMAND, "--runs-dir", runs], cwd=ROOT,
+        done = subprocess.run([*moa_search(), *COMMAND, "--runs-dir", runs], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise SystemExit(f"error: `moa-search {' '.join(COMMAND)}` exited {done.returncode}: "
                          f"{done.stderr.strip().splitlines()[-1:]}")
-    trials = [line.rstrip() for line in done.stderr.splitlines() if line.startswith("trial ")]
     out = [line.rstrip() for line in done.stdout.strip("\n").splitlines()]
-    lines = [f"$ moa-search {' '.join(COMMAND)}", *trials[:TRIAL_LINES], "…", *out]
+    trials = [line for trial in trial_lines(done.stderr)[:TRIAL_LINES] for line in trial]
+    lines = [f"$ moa-search {' '.join(COMMAND)}", *trials, "…", *out]
     return "\n".join(["```", *lines, "```"])
+
+
+def trial_lines(stderr: str) -> list[list[str]]:
+    """The lines of each trial's progress line: at 80 columns a long one wraps, and the lines
+    after it that start neither a trial nor a message (``warning: ...``) are its rest."""
+    trials: list[list[str]] = []
+    follows = False
+    for line in stderr.splitlines():
+        if line.startswith("trial "):
+            trials.append([line.rstrip()])
+        elif follows and line.strip() and not re.match(r"\w+: ", line):
+            trials[-1].append(line.rstrip())
+            continue
+        follows = line.startswith("trial ")
+    return trials
 
 
 def replace_block(text: str, block: str) -> str:

@@ -79,8 +79,13 @@ class ChatRequest:
 
 @dataclass(frozen=True)
 class Usage:
+    """Tokens as the provider reported them. ``cached_prompt_tokens`` is the part of
+    ``prompt_tokens`` the provider read from its prompt cache (0 when it reports none), which
+    providers bill at a lower cache-read price (``ModelInfo.cached_input_price``)."""
+
     prompt_tokens: int
     completion_tokens: int
+    cached_prompt_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -244,6 +244,27 @@ def undelivered_reply(data: Any) -> str | None:
     return f"has no choices{said}"
 
 
+#: Where providers report the prompt tokens served from their prompt cache, first found wins:
+#: OpenAI (and Fireworks, vLLM, OpenRouter) under ``prompt_tokens_details``, some providers at
+#: the top of ``usage``, DeepSeek as its cache hits.
+CACHED_TOKEN_PATHS: tuple[tuple[str, ...], ...] = (
+    ("prompt_tokens_details", "cached_tokens"), ("cached_tokens",), ("prompt_cache_hit_tokens",))
+
+
+def cached_prompt_tokens(usage: dict[str, Any], prompt_tokens: int) -> int:
+    """The cached part of ``prompt_tokens`` as ``usage`` reports it; 0 when it reports none, or
+    a count that is not an integer in [0, prompt_tokens]: those tokens are then counted at the
+    full input price, which can overstate a call's cost but never understate it."""
+    for path in CACHED_TOKEN_PATHS:
+        value: Any = usage
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None:
+            valid = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= prompt_tokens
+            return value if valid else 0
+    return 0
+
+
 def parse_chat_reply(data: Any, *, endpoint: str, model: str) -> tuple[str, Usage, str, dict[str, Any]]:
     """Text, usage, finish reason and the non-standard ``x_`` fields of a chat.completion body."""
     where = f"reply for model {model!r}"
@@ -266,7 +287,7 @@ def parse_chat_reply(data: Any, *, endpoint: str, model: str) -> tuple[str, Usag
         counts.append(value)
     finish = choices[0].get("finish_reason")
     extras = {k: v for k, v in data.items() if k.startswith("x_")}
-    return (scrub_content(content), Usage(counts[0], counts[1]),
+    return (scrub_content(content), Usage(counts[0], counts[1], cached_prompt_tokens(usage, counts[0])),
             scrub(finish) if isinstance(finish, str) else "unknown", extras)
 
 
@@ -414,7 +435,8 @@ class OpenAICompatProvider:
                         "recorded under %r (is the model loaded there under this name?)",
                         base_url, request.model, reply_model, request.model)
         return Completion(text=text.strip(), model=request.model, usage=usage,
-                          cost_usd=info.cost(usage.prompt_tokens, usage.completion_tokens),
+                          cost_usd=info.cost(usage.prompt_tokens, usage.completion_tokens,
+                                             usage.cached_prompt_tokens),
                           latency_s=on_wire_s if reported is None else reported[0], ttft_s=None,
                           finish_reason=finish, simulated=extras.get("x_simulated") is True,
                           extra=extra, wall_s=extra["wall_s"], reply_model=reply_model)

@@ -251,9 +251,7 @@ class _Loop:
             if not running_twin or time.monotonic() > deadline:
                 return None
             await asyncio.sleep(_DUP_POLL_S)
-            with _quiet():
-                optuna.storages.fail_stale_trials(self.study)
-            fail_orphans(self.study, self.storage)  # a twin whose worker was killed: now, not at its grace
+            settle_dead_trials(self.study, self.storage)  # a twin whose worker died: now, not at its grace
             trials = self.trials()
 
     def reuse(self, trial: optuna.Trial, config: MoAConfig, source: FrozenTrial | dict[str, Any]) -> TrialRecord:
@@ -361,6 +359,14 @@ class _Loop:
                                  b.usd, b.calls, b.trials))
 
 
+def settle_dead_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
+    """Fail the trials of workers that are gone: by stale heartbeat (any host, Optuna's rule)
+    and by dead pid (this host, at once: ``fail_orphans``)."""
+    with _quiet():
+        optuna.storages.fail_stale_trials(study)
+    fail_orphans(study, storage)
+
+
 def fail_orphans(study: optuna.Study, storage: optuna.storages.RDBStorage) -> list[int]:
     """Fail the RUNNING trials whose worker process on this host is gone, and queue their
     configs again at once; return their numbers.
@@ -411,9 +417,7 @@ async def run_study_async(spec: StudySpec, evaluator: Evaluator, item_ids: Seque
                  indexed=spec.sampler.name == "grid")
     stop_reason = ""
     while not stop_reason:
-        with _quiet():
-            optuna.storages.fail_stale_trials(study)
-        fail_orphans(study, storage)
+        settle_dead_trials(study, storage)
         try:
             await loop.run_one()
         except _Stop as stop:

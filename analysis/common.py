@@ -66,8 +66,8 @@ JUDGE_SCORERS = frozenset({"pairwise_judge", "length_controlled", "single_grade_
 QUALITY_NAMES: dict[str, str] = {
     "length_controlled": "LC win rate vs baseline (%)",
     "pairwise_judge": "win rate vs baseline (%)",
-    "single_grade_judge": "judge grade, (g-1)/9 (%)",
-    "single_grade": "judge grade, (g-1)/9 (%)",
+    "single_grade_judge": "judge grade x 10 (%)",
+    "single_grade": "judge grade x 10 (%)",
 }
 SIMULATED_BANNER = ("Simulated model world: every number here describes the seeded simulation "
                     "in moa_search.providers.simulated, not the real models.")

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Awaitable, Callable, Optional, Sequence, TextIO, TypeVar
+from typing import TYPE_CHECKING, Annotated, Awaitable, Callable, Optional, Sequence, TypeVar
 
 import typer
-from rich.console import Console
 
 from .backends import default_catalog, make_provider
 from .catalog import Catalog
@@ -27,13 +25,15 @@ from .keys import scrub
 from .progress import item_progress
 from .prompts import user_prompt
 from .runner import DegradedPolicy, ItemTrace, Runner
+from .terminal import (err, natural_width, new_table, num_column, out, paired_line, print_confirmation,
+                       print_evaluation, print_lines, print_study, print_table, print_wrapped, study_json,
+                       text_column)
 
 if TYPE_CHECKING:
-    from rich.table import Column, Table
-
     from .evaluate import ConfigEvaluation
     from .providers.base import Provider
-    from .search import StudyResult, TrialRecord
+    from .confirm import Confirmation
+    from .search import StudyResult
     from .study_spec import StudySpec
     from .serving import ConnectionLimits
 from .price_db import DEFAULT_THRESHOLD
@@ -41,17 +41,6 @@ from .store import CallStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Search Mixture-of-Agents LLM configurations for quality, cost and latency.")
-
-
-def _width(stream: TextIO) -> int | None:
-    """None (rich measures: the terminal's width, or ``COLUMNS``) for a terminal or when
-    ``COLUMNS`` is set; else 80. Left to itself, rich would ask stdin's terminal when output is
-    piped, so a log's tables would change with the window the command was typed in."""
-    return None if stream.isatty() or os.environ.get("COLUMNS", "").isdigit() else 80
-
-
-out = Console(width=_width(sys.stdout))
-err = Console(stderr=True, width=_width(sys.stderr))
 
 DEFAULT_STORE = "runs/calls.db"
 DEFAULT_JUDGE = "gpt-4-turbo-2024-04-09"  # AlpacaEval 2.0's annotator family
@@ -287,34 +276,6 @@ async def _evaluate(cfg: MoAConfig, ds: Dataset, scorer: str, opts: dict[str, ob
         return await evaluator.evaluate_items(cfg, ds.ids, f"eval:{cfg.config_hash}", on_item=on_item)
 
 
-def _print_evaluation(ev: "ConfigEvaluation") -> None:
-    r = ev.result
-    sim = " (simulated)" if ev.simulated else ""
-    q = r.quality
-    out.print(f"{ev.config.summary()} [{ev.config.config_hash}]{sim}", markup=False)
-    if r.n_scored:
-        out.print(f"  quality ({r.scorer}, {r.headline}): {100 * q.mean:.1f}% "
-                  f"[{100 * q.low:.1f}, {100 * q.high:.1f}] {int(100 * q.confidence)}% CI, "
-                  f"n={r.n_scored}/{r.n} scored", markup=False)
-    else:
-        out.print(f"  quality ({r.scorer}): none, n=0/{r.n} scored", markup=False)
-    if r.win_rate is not None:
-        out.print(f"  win rate vs baseline {r.win_rate:.1f} ± {r.win_rate_se:.1f} (s.e.) · "
-                  f"length-controlled {r.lc_win_rate:.1f}", markup=False)
-        out.print(f"  wins {r.n_wins}, draws {r.n_draws}, losses {r.n_losses} (vs baseline)",
-                  markup=False)
-    counts = ", ".join(f"{k} {v}" for k, v in r.counts.items() if v)
-    fate = "failed" if ev.degraded_policy is DegradedPolicy.FAIL else "scored"
-    out.print(f"  items: {counts}; degraded {ev.n_degraded} ({fate}, --degraded "
-              f"{ev.degraded_policy.value})", markup=False)
-    for cat, est in sorted(r.per_category.items()):
-        out.print(f"    {cat:<14} {100 * est.mean:5.1f}%  (n={est.n})", markup=False)
-    out.print(f"  cost ${ev.cost_usd_per_item:.6f}/item{sim} · judge ${r.judge_cost_usd:.4f} total · "
-              f"paid now ${ev.paid_usd:.4f}", markup=False)
-    out.print(f"  latency p50 {ev.latency_percentile(50):.2f} s · p95 {ev.latency_percentile(95):.2f} s "
-              f"(critical path{sim})", markup=False)
-
-
 @app.command("eval")
 def eval_(
     data: DataOpt,
@@ -359,7 +320,7 @@ def eval_(
     if as_json:
         out.print_json(json.dumps(result))
     else:
-        _print_evaluation(ev)
+        print_evaluation(ev)
         if out_file:
             out.print(f"  wrote {out_file}", markup=False)
     _fail_if_nothing_scored(ev)
@@ -426,14 +387,11 @@ def compare(
                                    "wins": paired.wins, "losses": paired.losses, "ties": paired.ties}))
         return
     out.print(f"A = {a}", markup=False)
-    _print_evaluation(ev_a)
+    print_evaluation(ev_a)
     out.print(f"B = {b}", markup=False)
-    _print_evaluation(ev_b)
+    print_evaluation(ev_b)
     out.rule()
-    out.print(f"A - B on {paired.n} paired items: {100 * paired.mean_diff:+.1f} points "
-              f"[{100 * paired.diff.low:+.1f}, {100 * paired.diff.high:+.1f}] {int(100 * paired.diff.confidence)}% CI; "
-              f"A better on {paired.wins}, B on {paired.losses}, tied {paired.ties}; "
-              f"sign test p = {paired.sign_test_p:.3g}", markup=False)
+    out.print(paired_line(paired), markup=False)
 
 
 @app.command()
@@ -457,10 +415,11 @@ def calls(
         from dataclasses import asdict
         out.print_json(json.dumps({"calls": [asdict(r) for r in rows], "spend": asdict(spend)}))
         return
-    flat = _table(_num("id"), "time", _text("model"), "role", _text("run"), _text("item"), "cached",
-                  _num("paid $"), _num("list $"), _num("latency s"), _text("error"))
-    stacked = _table(_num("id"), "time\nlatency s", _text("model\nrole"), _text("run\nitem"), "cached",
-                     _num("paid $\nlist $"), _text("error"))
+    flat = new_table(num_column("id"), "time", text_column("model"), "role", text_column("run"),
+                     text_column("item"), "cached", num_column("paid $"), num_column("list $"),
+                     num_column("latency s"), text_column("error"))
+    stacked = new_table(num_column("id"), "time\nlatency s", text_column("model\nrole"),
+                        text_column("run\nitem"), "cached", num_column("paid $\nlist $"), text_column("error"))
     for r in rows:
         cells = (str(r.id), r.ts[11:19], r.model.rsplit("/", 1)[-1], r.role, r.run_id or "", r.item_id or "",
                  "yes" if r.cached else "", f"{r.paid_usd:.5f}", f"{r.cost_usd:.5f}",
@@ -469,7 +428,7 @@ def calls(
         i, ts, name, role_, run_id, item, hit, paid, listed, latency, error = cells
         stacked.add_row(i, f"{ts}\n{latency}", f"{name}\n{role_}", f"{run_id}\n{item}", hit, f"{paid}\n{listed}",
                         error[:40])
-    _print_table(flat if wide or _natural_width(flat) <= out.width else stacked, wide)
+    print_table(flat if wide or natural_width(flat) <= out.width else stacked, wide)
     out.print(f"{spend.calls} calls ({spend.cached_calls} from store, {spend.failed_calls} failed) · "
               f"paid ${spend.paid_usd:.4f} · saved by the store ${spend.saved_usd:.4f}", markup=False)
 
@@ -505,8 +464,8 @@ def _study_file(call_store: Path) -> Path:
 
 @app.command()
 def serve(
-    preset_file: Annotated[Path, typer.Argument(help="A preset JSON file (moa-preset/1).")],
-    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
+    preset_file: Annotated[str, typer.Argument(help="A preset JSON file (moa-preset/1), or a built-in preset's name (e.g. moa, moa-lite).")],
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0 picks a free port; the URL is printed at startup.")] = 8000,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     backend: BackendOpt = "http",
     base_url: BaseUrlOpt = None,
@@ -516,17 +475,24 @@ def serve(
     api_key_env: KeyEnvOpt = "",
     concurrency: Annotated[Optional[int], typer.Option("--concurrency", "--endpoint-concurrency", min=1, help="Inner calls in flight per upstream endpoint (default: the catalog's concurrency, else 16).")] = None,
     timeout: TimeoutOpt = None,
-    catalog: Annotated[Optional[Path], typer.Option("--catalog", help="With --backend local: the catalog giving the preset's local models' GGUF files (default: the built-in local catalog).")] = None,
+    catalog: Annotated[Optional[Path], typer.Option("--catalog", help="Where a built-in preset's models are looked up, and with --backend local the catalog giving local models' GGUF files (default: the backend's built-in catalog).")] = None,
     header_timeout: HeaderTimeoutOpt = None,
     body_timeout: BodyTimeoutOpt = None,
     idle_timeout: IdleTimeoutOpt = None,
     max_connections: MaxConnectionsOpt = None,
 ) -> None:
-    """Serve a preset as an OpenAI-compatible /v1/chat/completions endpoint."""
+    """Serve a preset as an OpenAI-compatible /v1/chat/completions endpoint (refuses to start
+    when an API key the preset's models need is not set)."""
     import os
-    from .preset import load_preset, preset_catalog
-    from .server import serve as serve_preset
-    p = load_preset(preset_file)
+    from .preset import from_builtin, load_preset, preset_catalog
+    from .server import require_keys, serve as serve_preset
+    names = (*BUILTIN_PRESETS, *LOCAL_PRESETS)
+    if Path(preset_file).is_file():
+        p = load_preset(preset_file)
+    elif preset_file in names:
+        p = from_builtin(builtin_preset(preset_file), load_catalog(catalog, backend))
+    else:
+        raise ConfigError(f"{preset_file!r} is neither a preset file nor a built-in preset ({', '.join(names)})")
     token = None
     if token_env:
         token = os.environ.get(token_env)
@@ -538,6 +504,7 @@ def serve(
         cat = attach_local(cat, load_catalog(catalog, backend))
     provider = make_provider(backend, cat, base_url=base_url, sim_endpoint=sim_endpoint, api_key_env=api_key_env,
                              max_concurrency=concurrency, timeout_s=timeout, models=p.config.models)
+    require_keys(provider, p)  # before the store is opened: a refused start leaves nothing behind
     serve_preset(p, provider, host=host, port=port, store=open_store(store), api_key=token,
                  limits=connection_limits(header_timeout, body_timeout, idle_timeout, max_connections))
 
@@ -547,101 +514,13 @@ app.add_typer(study_app, name="study")
 RunsDirOpt = Annotated[Optional[Path], typer.Option("--runs-dir", help="Where studies keep their storage and call store (default ./runs).")]
 
 
-def _metrics_row(r: "TrialRecord") -> list[str]:
-    m = r.metrics
-    assert m is not None and r.config is not None
-    return [str(r.number), r.config.summary(),
-            f"{100 * m.quality:.1f} [{100 * m.quality_low:.1f}, {100 * m.quality_high:.1f}]",
-            f"{m.cost_usd_per_item:.6f}",
-            f"{m.latency_p50_s:.2f}", f"{m.latency_p95_s:.2f}", str(m.n_items)]
-
-
-def _table(*columns: "str | Column", title: str | None = None) -> "Table":
-    """The CLI's tables: a rule under the header and one space between columns (no box), so a
-    study's seven columns leave a config 30 of 80 columns. Plain headers never wrap."""
-    from rich import box
-    from rich.table import Column, Table
-    return Table(*(Column(c, no_wrap=True) if isinstance(c, str) else c for c in columns), title=title,
-                 box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0))
-
-
-def _num(header: str) -> "Column":
-    """A number column: right-aligned and never wrapped, so rich narrows text columns instead."""
-    from rich.table import Column
-    return Column(header, justify="right", no_wrap=True)
-
-
-def _text(header: str) -> "Column":
-    """A text column that wraps (and folds a long word) to fit the width, cutting nothing."""
-    from rich.table import Column
-    return Column(header, overflow="fold")
-
-
-def _natural_width(table: "Table") -> int:
-    """The width ``table`` takes with no limit: every cell on one line."""
-    from rich.measure import Measurement
-    return Measurement.get(out, out.options.update(max_width=1_000_000), table).maximum
-
-
-def _print_table(table: "Table", wide: bool = False) -> None:
-    """Print at the console's width (text columns wrap), or with ``wide`` at the table's own
-    width, each value whole on one line (for a log or a wide terminal)."""
-    if not wide:
-        out.print(table)
-        return
-    Console(file=out.file, width=max(out.width, _natural_width(table)), force_terminal=out.is_terminal,
-            no_color=out.no_color).print(table)
-
-
-def print_study(result: "StudyResult", degraded: DegradedPolicy | None = None, wide: bool = False) -> None:
-    """The front, the target answer, the trial and spend counts, and the items faults touched
-    (``degraded``: the study's ``[scorer] degraded`` policy, named when given). ``wide``: each
-    config whole on one line however wide the table."""
-    sim = " (simulated world)" if result.is_simulated else ""
-    table = _table(_num("trial"), _text("config"), _num("quality % [95% CI]"), _num("$/item"), _num("p50 s"),
-                   _num("p95 s"), _num("n"),
-                   title=f"Pareto front of study {result.study_name}{sim}: "
-                         f"{', '.join(f'{d} {o}' for o, d in zip(result.objective_names, result.directions))}")
-    for r in sorted(result.pareto_front, key=lambda r: r.metrics.cost_usd_per_item if r.metrics else 0):
-        if r.metrics is not None:
-            table.add_row(*_metrics_row(r))
-    _print_table(table, wide)
-    if result.target is not None:
-        t = result.cheapest_meeting_target()
-        out.print(("[green]target met[/green]: " if t.met else "[yellow]target not met[/yellow]: ") + t.message,
-                  highlight=False)
-    ran = sum(1 for r in result.trials if r.counted)
-    dups = sum(1 for r in result.trials if r.status == "duplicate")
-    out.print(f"{len(result.trials)} trials ({ran} evaluated, {dups} repeats of an evaluated config served "
-              f"free, {len(result.evaluated)} distinct configs at full fidelity) · spent ${result.spent_usd:.4f}{sim} in {result.spent_calls} paid calls"
-              + (f" · stopped: {result.stop_reason}" if result.stop_reason else ""), markup=False)
-    measured = [r.metrics for r in result.trials if r.counted and r.metrics is not None]
-    policy = "" if degraded is None else (f" ({'failed' if degraded is DegradedPolicy.FAIL else 'scored'}: "
-                                          f"[scorer] degraded = \"{degraded.value}\")")
-    out.print(f"items with failed runs {sum(m.n_failed for m in measured)}, degraded "
-              f"{sum(m.n_degraded for m in measured)}{policy}", markup=False)
-
-
-def _result_json(result: "StudyResult") -> dict[str, object]:
-    def rec(r: "TrialRecord") -> dict[str, object]:
-        m = r.metrics
-        return {"trial": r.number, "status": r.status, "config_hash": r.config.config_hash if r.config else None,
-                "summary": r.config.summary() if r.config else None,
-                "quality": m.quality if m else None, "quality_ci": [m.quality_low, m.quality_high] if m else None,
-                "cost_usd_per_item": m.cost_usd_per_item if m else None,
-                "latency_p50_s": m.latency_p50_s if m else None, "latency_p95_s": m.latency_p95_s if m else None,
-                "n_items": m.n_items if m else None, "n_failed": m.n_failed if m else None,
-                "n_degraded": m.n_degraded if m else None}
-    out_json: dict[str, object] = {"study": result.study_name, "simulated": result.is_simulated,
-                                   "spent_usd": result.spent_usd, "spent_calls": result.spent_calls,
-                                   "stop_reason": result.stop_reason,
-                                   "pareto_front": [rec(r) for r in result.pareto_front],
-                                   "trials": [rec(r) for r in result.trials]}
-    if result.target is not None:
-        t = result.cheapest_meeting_target()
-        out_json["cheapest_meeting_target"] = {"met": t.met, "trial": t.record.number if t.record else None,
-                                               "confidence": t.achieved_confidence, "message": t.message}
-    return out_json
+def _confirm(spec: "StudySpec", result: "StudyResult", trials: Sequence[int], quiet: bool,
+             timeout: float | None, concurrency: int | None) -> "Confirmation":
+    from .confirm import confirm_study, heldout_total
+    from .study import EndpointOverrides
+    with item_progress(heldout_total(spec, result, trials), "held-out", quiet=quiet, console=err) as on_item:
+        return confirm_study(spec, result, trials, on_item=on_item,
+                             overrides=EndpointOverrides(timeout, concurrency))
 
 
 @study_app.command("run")
@@ -652,12 +531,14 @@ def study_run(
     report: Annotated[Optional[Path], typer.Option("--report", help="Write the HTML report here.")] = None,
     timeout: TimeoutOpt = None,
     concurrency: ConcurrencyOpt = None,
+    no_confirm: Annotated[bool, typer.Option("--no-confirm", help="A constrained study with held-out items: do not check the pick on them at the end (`study confirm` does it later).")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     quiet: QuietOpt = False,
     wide: WideOpt = False,
 ) -> None:
-    """Run (or resume) a study; print the Pareto front. Exits 1, naming the first error, when
-    trials were evaluated but not one item could be scored."""
+    """Run (or resume) a study; print the Pareto front. A constrained study with held-out items
+    then checks its pick on them (as `study confirm`; --no-confirm skips it). Exits 1, naming
+    the first error, when trials were evaluated but not one item could be scored."""
     from .progress import trial_progress
     from .study import EndpointOverrides, run_study_file
     from .study_spec import load_study_spec
@@ -666,16 +547,37 @@ def study_run(
     stale, prices = _study_prices(spec)
     if stale:
         _say_error(stale, prefix="warning")
-    with trial_progress(spec.budget.trials, quiet=quiet or as_json, console=err) as on_trial:
-        result = run_study_file(study_file, runs_dir=runs_dir, workers=workers, on_trial=on_trial,
-                                overrides=EndpointOverrides(timeout, concurrency))
-    if as_json:
-        out.print_json(json.dumps({**_result_json(result), "prices": prices}))
-    else:
+    with trial_progress(spec.budget.trials, quiet=quiet or as_json, console=err) as shown:
+        result = run_study_file(study_file, runs_dir=runs_dir, workers=workers, on_trial=shown,
+                                overrides=EndpointOverrides(timeout, concurrency), progress=shown.items)
+    from .confirm import auto_skip_reason
+    from .study import quality_note
+    skip = "" if no_confirm or result.total_failure() is not None else auto_skip_reason(spec, result)
+    note = quality_note(spec)
+    if not as_json:
         print_study(result, spec.scorer.degraded, wide)
+        if note:
+            out.print(note, markup=False, highlight=False)
+    conf, confirm_error = None, None
+    if skip is None:
+        try:  # the study is stored either way; its output and report must not be lost with the check
+            conf = _confirm(spec, result, (), quiet or as_json, timeout, concurrency)
+        except MoASearchError as exc:
+            confirm_error = exc  # raised (one line, non-zero exit) once the rest is out
+    if as_json:
+        out.print_json(json.dumps({**study_json(result), "prices": prices, "quality_note": note,
+                                   "heldout": conf.to_dict() if conf else None,
+                                   "heldout_error": str(confirm_error) if confirm_error else None}))
+    else:
+        if conf is not None:
+            print_confirmation(conf, result, wide)
+        elif skip:
+            out.print(skip, markup=False, highlight=False)
         out.print(prices, markup=False, highlight=False, soft_wrap=True)
     if report is not None:
         _write_report(study_file, runs_dir, report, quiet=as_json)
+    if confirm_error is not None:
+        raise confirm_error
     failure = result.total_failure()
     if failure is not None:
         raise WorkFailedError(failure)
@@ -694,17 +596,56 @@ def study_show(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     wide: WideOpt = False,
 ) -> None:
-    """Print a study's Pareto front, the cheapest config meeting the target, and the spend."""
-    from .study import study_result
+    """Print a study's Pareto front, the cheapest config meeting the target, the spend, and the
+    held-out check when one was made (`study confirm`)."""
+    from .confirm import load_confirmation
+    from .study import quality_note, study_result
     spec, result = study_result(study_file, runs_dir=runs_dir)
+    conf = load_confirmation(spec)
     stale, prices = _study_prices(spec)
     if stale:
         _say_error(stale, prefix="warning")
+    note = quality_note(spec)
     if as_json:
-        out.print_json(json.dumps({**_result_json(result), "prices": prices}))
+        out.print_json(json.dumps({**study_json(result), "prices": prices, "quality_note": note,
+                                   "heldout": conf.to_dict() if conf else None}))
     else:
         print_study(result, spec.scorer.degraded, wide)
+        if note:
+            out.print(note, markup=False, highlight=False)
+        if conf is not None:
+            print_confirmation(conf, result, wide)
         out.print(prices, markup=False, highlight=False, soft_wrap=True)
+
+
+@study_app.command("confirm")
+def study_confirm(
+    study_file: Annotated[Path, typer.Argument(help="Study file (TOML).")],
+    trial: Annotated[Optional[list[int]], typer.Option("--trial", min=0, metavar="N", help="Check this trial (repeatable) instead of the pick (constrained) or the Pareto front.")] = None,
+    runs_dir: RunsDirOpt = None,
+    timeout: TimeoutOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    quiet: QuietOpt = False,
+    wide: WideOpt = False,
+) -> None:
+    """Check the chosen config(s) and the baseline on the study's held-out items: quality with
+    CIs beside the dev numbers, each minus the baseline item by item. Served from the call store
+    when repeated; stored for `study show`. Exits 2 when the study holds no items out."""
+    from .confirm import heldout_data
+    from .study import study_result
+    optuna_quiet()
+    spec, result = study_result(study_file, runs_dir=runs_dir)
+    heldout_data(spec)  # one line, before anything runs, when nothing is held out
+    conf = _confirm(spec, result, tuple(trial or ()), quiet or as_json, timeout, concurrency)
+    if as_json:
+        out.print_json(json.dumps(conf.to_dict()))
+    else:
+        print_confirmation(conf, result, wide)
+
+
+AllowPromptChangeOpt = Annotated[bool, typer.Option("--allow-prompt-change", help="archon: export a 'moa'-style config anyway (Archon sends its own prompts); the file's notes say so.")]
+ArchonModelTypeOpt = Annotated[Optional[list[str]], typer.Option("--archon-model-type", metavar="MODEL=TYPE", help="archon: Archon's generator for a model, e.g. MODEL=OpenAI_API to reach another endpoint through OPENAI_BASE_URL (repeatable).")]
 
 
 @study_app.command("export")
@@ -716,25 +657,142 @@ def study_export(
     cheapest: Annotated[bool, typer.Option("--cheapest-meeting-target")] = False,
     fmt: Annotated[str, typer.Option("--format", help="preset | archon | moa-reference | standalone")] = "preset",
     runs_dir: RunsDirOpt = None,
+    allow_prompt_change: AllowPromptChangeOpt = False,
+    archon_model_type: ArchonModelTypeOpt = None,
 ) -> None:
     """Write presets (moa-preset/1 JSON) or another runtime's format for chosen trials."""
-    from .exporters import EXPORT_FORMATS, export_text
-    from .preset import write_preset
+    from .exporters import EXPORT_SUFFIXES, write_export
     from .study import select_trials, study_result, trial_preset
-    if fmt not in EXPORT_FORMATS:
-        raise ConfigError(f"unknown format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}", field="--format")
+    options = _export_options(fmt, allow_prompt_change, archon_model_type)
     spec, result = study_result(study_file, runs_dir=runs_dir)
     cat = spec.load_catalog()
-    suffix = {"preset": ".json", "archon": ".archon.json", "moa-reference": ".sh", "standalone": ".py"}[fmt]
     for record in select_trials(result, trial=trial, pareto=pareto, cheapest_meeting_target=cheapest):
         preset = trial_preset(spec, result, record, cat)
-        path = out_dir / f"{preset.name}{suffix}"
-        if fmt == "preset":
-            write_preset(path, preset)
-        else:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(export_text(preset, fmt))
+        path = write_export(out_dir / f"{preset.name}{EXPORT_SUFFIXES[fmt]}", preset, fmt, **options)
         out.print(f"wrote {path}", markup=False)
+
+
+def _export_options(fmt: str, allow_prompt_change: bool, archon_model_type: list[str] | None) -> dict[str, object]:
+    """The exporters' options from the flags; Archon's only go with --format archon."""
+    from .exporters import EXPORT_FORMATS
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}", field="--format")
+    if fmt != "archon":
+        if allow_prompt_change or archon_model_type:
+            raise typer.BadParameter("goes with --format archon", param_hint="--allow-prompt-change / --archon-model-type")
+        return {}
+    types: dict[str, str] = {}
+    for value in archon_model_type or []:
+        model, sep, kind = value.rpartition("=")
+        if not sep or not model or not kind:
+            raise typer.BadParameter(f"expected MODEL=TYPE (e.g. my-model=OpenAI_API), got {value!r}",
+                                     param_hint="--archon-model-type")
+        types[model] = kind
+    return {"allow_prompt_change": allow_prompt_change, "model_types": types}
+
+
+preset_app = typer.Typer(no_args_is_help=True, help="Presets: export built-in or saved presets to other runtimes.")
+app.add_typer(preset_app, name="preset")
+
+
+@preset_app.command("export")
+def preset_export(
+    ref: Annotated[str, typer.Argument(metavar="NAME|FILE", help="A built-in preset (moa, moa-gpt4o, moa-lite, ...), a preset file or a config file.")],
+    fmt: Annotated[str, typer.Option("--format", help="preset | archon | moa-reference | standalone")] = "preset",
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="File to write (default: print it).")] = None,
+    catalog: CatalogOpt = None,
+    prompt_style: Annotated[Optional[str], typer.Option("--prompt-style", help="moa | archon: the same agents in this prompt style (a new config: measured numbers are dropped).")] = None,
+    base_url: Annotated[Optional[str], typer.Option("--base-url", help="Every model at this OpenAI-compatible endpoint (archon: model_type OpenAI_API, run with OPENAI_BASE_URL).")] = None,
+    allow_prompt_change: AllowPromptChangeOpt = False,
+    archon_model_type: ArchonModelTypeOpt = None,
+) -> None:
+    """Write one preset in a runtime's format: the built-ins by name, or a file."""
+    from .exporters import export_text, write_export
+    from .config import read_config_data
+    from .preset import from_builtin, from_config, load_config_or_preset, load_preset, restyled
+    options = _export_options(fmt, allow_prompt_change, archon_model_type)
+    _check_prompt_style(prompt_style)
+    cat = load_catalog(catalog)
+    path = Path(ref)
+    if path.is_file():
+        data = read_config_data(path)
+        preset = load_preset(path) if isinstance(data, dict) and "format" in data else \
+            from_config(_slug(path.name.split(".")[0]), load_config_or_preset(path), cat)
+    else:
+        preset = from_builtin(builtin_preset(ref), cat)
+    preset = restyled(preset, prompt_style=prompt_style, base_url=base_url)
+    if base_url and fmt == "archon":  # Archon reaches another endpoint only through its OpenAI generator
+        options["model_types"] = {**{m: "OpenAI_API" for m in preset.config.models}, **options["model_types"]}
+    if out_file is None:
+        out.print(export_text(preset, fmt, **options), markup=False, highlight=False, soft_wrap=True, end="")
+    else:
+        out.print(f"wrote {write_export(out_file, preset, fmt, **options)}", markup=False)
+
+
+@app.command("import")
+def import_(
+    files: Annotated[list[Path], typer.Argument(metavar="FILE", help="Config files of another runtime.")],
+    source: Annotated[str, typer.Option("--from", help="archon (ScalingIntelligence/Archon JSON configs)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the preset files.")] = Path("presets"),
+    catalog: CatalogOpt = None,
+    prompt_style: Annotated[Optional[str], typer.Option("--prompt-style", help="moa | archon (default: what the file runs, archon unless it records otherwise).")] = None,
+) -> None:
+    """Write moa-preset/1 files from another runtime's configs; each refusal is one line with its
+    reason, and the command exits 2 when any file was refused."""
+    from .importers import CONFIG_IMPORTERS
+    from .importers.archon import catalog_entries
+    from .preset import from_config, write_preset
+    read = CONFIG_IMPORTERS.get(source)
+    if read is None:
+        raise typer.BadParameter(f"expected one of {list(CONFIG_IMPORTERS)}, got {source!r}", param_hint="--from")
+    _check_prompt_style(prompt_style)  # a usage error, not a reason to refuse every file
+    cat = load_catalog(catalog)
+    refused = 0
+    sources: dict[Path, Path] = {}  # preset file written -> the file it came from
+    for path in files:
+        imported = None
+        try:
+            imported = read(path, cat, prompt_style=prompt_style)
+            if imported.missing:
+                names = ", ".join(m for m, _ in imported.missing)
+                raise ConfigError(f"not in the catalog ({cat.source}): {names}; add the entries printed "
+                                  "below (or pass --catalog)", source=str(path))
+            preset = from_config(_slug(path.name.split(".")[0]), imported.config, cat,
+                                 description=f"Imported from Archon config {path.name}")
+            target = out_dir / f"{preset.name}.json"
+            if target in sources:  # two files of one name: the second would silently replace the first
+                raise ConfigError(f"{target} was just written from {sources[target]}; import this "
+                                  "file with another --out", source=str(path))
+            written = write_preset(target, preset)
+            sources[target] = path
+        except MoASearchError as exc:
+            refused += 1
+            _say_error(str(exc), prefix="refused")
+            if imported is not None and imported.missing:
+                print_lines(catalog_entries(imported.missing))
+            continue
+        print_wrapped(f"imported {path} -> {written}: {imported.config.summary()} "
+                       f"[{imported.config.config_hash}]", "    ")
+        for note in imported.notes:
+            print_wrapped(f"  note: {note}", "        ")
+    out.print(f"{len(files) - refused} imported, {refused} refused", markup=False)
+    if refused:
+        raise typer.Exit(2)
+
+
+def _check_prompt_style(value: str | None) -> None:
+    """``--prompt-style``: one of the config's prompt styles, checked before any file is read."""
+    from .config import PROMPT_STYLES
+    if value is not None and value not in PROMPT_STYLES:
+        raise typer.BadParameter(f"expected one of {list(PROMPT_STYLES)}, got {value!r}",
+                                 param_hint="--prompt-style")
+
+
+def _slug(text: str) -> str:
+    """A preset name from a file name: letters, digits, '.', '_', '-', at most 64."""
+    import re
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")[:64]
+    return slug or "imported"
 
 
 def _write_report(study_file: Path, runs_dir: Path | None, path: Path, quiet: bool = False,
@@ -764,7 +822,7 @@ FieldOpt = Annotated[Optional[str], typer.Option(help="jsonl/json/csv: the sourc
 @data_app.command("import")
 def data_import(
     src: Annotated[Path, typer.Argument(metavar="SRC", help="The benchmark file, in its published layout.")],
-    fmt: Annotated[str, typer.Option("--format", help="gsm8k | arc | openbookqa | mmlu | alpacaeval | mtbench | jsonl | json | csv")],
+    fmt: Annotated[str, typer.Option("--format", help="gsm8k | arc | openbookqa | mmlu | alpacaeval | alpacaeval_annotations | mtbench | jsonl | json | csv")],
     out_file: Annotated[Path, typer.Option("--out", help="The validation set (JSONL) to write.")],
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="alpacaeval: a reference model's model_outputs.json; its outputs become baseline_output.")] = None,
     id_field: FieldOpt = None,
@@ -818,11 +876,6 @@ catalog_app = typer.Typer(no_args_is_help=True, help="Models and prices from the
 app.add_typer(catalog_app, name="catalog")
 
 
-def _print_lines(lines: list[str]) -> None:
-    for line in lines:
-        out.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
 @catalog_app.command("list")
 def catalog_list(
     provider: Annotated[Optional[str], typer.Option("--provider", help="Only this provider (e.g. together, openai).")] = None,
@@ -833,8 +886,8 @@ def catalog_list(
     from . import price_db
     quotes = price_db.models(provider, search)
     in_catalog = price_db.catalog_entries_in_db(load_catalog(catalog).models)
-    _print_lines(price_db.list_lines(quotes, in_catalog))
-    _print_lines([f"{len(quotes)} models · {price_db.source()}"])
+    print_lines(price_db.list_lines(quotes, in_catalog))
+    print_lines([f"{len(quotes)} models · {price_db.source()}"])
 
 
 @catalog_app.command("add")
@@ -861,7 +914,7 @@ def catalog_add(
     write_text_atomic(catalog, new_text, "catalog")
     for model in skipped:
         _say_error(f"{model!r} is already in {catalog}; left as it is", prefix="note")
-    _print_lines([f"{catalog}: added {len(entries) - len(skipped)} model(s)"])
+    print_lines([f"{catalog}: added {len(entries) - len(skipped)} model(s)"])
 
 
 @catalog_app.command("check")
@@ -875,8 +928,8 @@ def catalog_check(
     cat = load_catalog(catalog)
     diffs = price_db.check(cat, threshold)
     if diffs:
-        _print_lines(price_db.check_lines(diffs))
-    _print_lines([f"{len({d.model for d in diffs})} of {len(cat.models)} models differ by more than {threshold * 100:g}% "
+        print_lines(price_db.check_lines(diffs))
+    print_lines([f"{len({d.model for d in diffs})} of {len(cat.models)} models differ by more than {threshold * 100:g}% "
                   f"from {price_db.source()} or are not in it"])
     if diffs:
         raise typer.Exit(1)

@@ -8,6 +8,13 @@ model is a config with no proposer layers (1 layer: the "aggregator" alone answe
 A config is frozen and hashable; its canonical JSON sorts the agents inside each layer, because
 the order of proposers in a layer does not change what the layer computes (the numbered list
 the next layer sees follows this canonical order too, so equal configs really run equally).
+
+``prompt_style`` says which messages the agents get: ``"moa"`` (the reference MoA
+implementation's aggregate-and-synthesize system prompt; the default, left out of the canonical
+JSON so every hash made before the field existed still holds) or ``"archon"`` (Archon's generator
+system message and fuser template, see ``prompts``). Archon numbers candidates in component
+order, so an archon-style config keeps its proposers in the order given, and its hash depends
+on that order.
 """
 
 from __future__ import annotations
@@ -25,9 +32,15 @@ from .inputs import parse_json, parse_toml, read_text
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_MAX_TOKENS = 2048
 DEFAULT_PROMPT_TEMPLATE = "moa-aggregate-v1"
+ARCHON_PROMPT_TEMPLATE = "archon-fuse-v1"
+DEFAULT_PROMPT_STYLE = "moa"
+
+PROMPT_STYLES: dict[str, str] = {"moa": DEFAULT_PROMPT_TEMPLATE, "archon": ARCHON_PROMPT_TEMPLATE}
+"""Prompt style -> its default template id. Archon has one fusion text, so an archon-style config
+uses exactly ``ARCHON_PROMPT_TEMPLATE``; a moa-style one may name other (aggregation) templates."""
 
 _AGENT_KEYS = {"model", "temperature", "max_tokens", "system_prompt"}
-_CONFIG_KEYS = {"layers", "proposers", "aggregator", "prompt_template"}
+_CONFIG_KEYS = {"layers", "proposers", "aggregator", "prompt_template", "prompt_style"}
 
 
 def canonical_json(value: Any) -> str:
@@ -98,11 +111,15 @@ class MoAConfig:
 
     proposer_layers: tuple[tuple[AgentSpec, ...], ...]
     aggregator: AgentSpec
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    prompt_template: str = ""  # "": the prompt style's template (PROMPT_STYLES)
+    prompt_style: str = DEFAULT_PROMPT_STYLE
     _hash: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        layers = tuple(tuple(sorted(layer, key=AgentSpec.sort_key)) for layer in self.proposer_layers)
+        self._check_style()
+        ordered = self.prompt_style == "archon"  # Archon numbers candidates in component order
+        layers = tuple(tuple(layer) if ordered else tuple(sorted(layer, key=AgentSpec.sort_key))
+                       for layer in self.proposer_layers)
         for i, layer in enumerate(layers):
             if not layer:
                 raise ConfigError("a proposer layer must have at least one agent",
@@ -117,6 +134,22 @@ class MoAConfig:
         object.__setattr__(self, "proposer_layers", layers)
         digest = hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
         object.__setattr__(self, "_hash", digest)
+
+    def _check_style(self) -> None:
+        style = self.prompt_style
+        if not isinstance(style, str) or style not in PROMPT_STYLES:
+            raise ConfigError(f"expected one of {list(PROMPT_STYLES)}, got {style!r}", field="prompt_style")
+        if self.prompt_template == "":
+            object.__setattr__(self, "prompt_template", PROMPT_STYLES[style])
+        if (self.prompt_template == ARCHON_PROMPT_TEMPLATE) != (style == "archon"):
+            raise ConfigError(f"template {self.prompt_template!r} does not go with prompt_style "
+                              f"{style!r} (archon style uses {ARCHON_PROMPT_TEMPLATE!r}, only it)",
+                              field="prompt_template")
+        if style == "archon":
+            agents = [a for layer in self.proposer_layers for a in layer] + [self.aggregator]
+            if any(isinstance(a, AgentSpec) and a.system_prompt is not None for a in agents):
+                raise ConfigError("Archon has no per-agent system prompt; an archon-style config "
+                                  "cannot give one", field="prompt_style")
 
     @property
     def n_layers(self) -> int:
@@ -144,8 +177,9 @@ class MoAConfig:
         Up to three distinct proposers are named; more are counted. Repeated samples of one
         model (Self-MoA) read ``3x Qwen1.5-110B-Chat``.
         """
+        style = "" if self.prompt_style == DEFAULT_PROMPT_STYLE else f" ({self.prompt_style})"
         if not self.proposer_layers:
-            return f"single {_short(self.aggregator.model)}"
+            return f"single {_short(self.aggregator.model)}{style}"
         first = self.proposer_layers[0]
         names = sorted({_short(a.model) for a in first})
         if len(names) == 1:
@@ -154,14 +188,17 @@ class MoAConfig:
             kind = " + ".join(names)
         else:
             kind = f"{len(first)} agents, {len(names)} models"
-        return f"{self.n_layers}L [{kind}] -> {_short(self.aggregator.model)}"
+        return f"{self.n_layers}L [{kind}] -> {_short(self.aggregator.model)}{style}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "layers": [[a.to_dict() for a in layer] for layer in self.proposer_layers],
             "aggregator": self.aggregator.to_dict(),
             "prompt_template": self.prompt_template,
         }
+        if self.prompt_style != DEFAULT_PROMPT_STYLE:  # absent = "moa": older hashes still hold
+            out["prompt_style"] = self.prompt_style
+        return out
 
     def canonical_json(self) -> str:
         return canonical_json(self.to_dict())
@@ -200,9 +237,12 @@ class MoAConfig:
                 raise ConfigError("expected a non-empty list of agents", source=source, field=f"layers[{i}]")
             layers.append(tuple(AgentSpec.from_value(a, field=f"layers[{i}][{j}]", source=source)
                                 for j, a in enumerate(layer)))
-        template = data.get("prompt_template", DEFAULT_PROMPT_TEMPLATE)
+        template = data.get("prompt_template", "")
+        style = data.get("prompt_style", DEFAULT_PROMPT_STYLE)
+        if template == "" and "prompt_template" in data:
+            raise ConfigError("expected a template id", source=source, field="prompt_template")
         try:
-            return cls(tuple(layers), aggregator, template)
+            return cls(tuple(layers), aggregator, template, style)
         except ConfigError as exc:
             raise ConfigError(str(exc).split(": ", 1)[-1], source=source, field=exc.field) from None
 

@@ -11,9 +11,13 @@ is a typo until proven otherwise). One JSON object per line::
 ``prompt`` (one user turn) and ``messages`` (a chat) are alternatives: exactly one is required.
 ``reference`` (a string or a number, kept as a string so ``"007"`` stays ``"007"``) is what the
 exact / numeric / choice scorers compare against; ``baseline_output`` is what a pairwise judge
-compares against (AlpacaEval's reference outputs). Items may differ in which optional fields they
-carry; ``Dataset.schema_summary()`` says how many have each, so a scorer that needs a field can
-report how many items lack it instead of scoring them 0.
+compares against (AlpacaEval's reference outputs). ``follow_ups`` (a list of ``{"prompt",
+"reference"}``) makes a multi-turn item, such as MT-Bench's second turn: each follow-up is asked
+after the MoA's own answer to the turns before it. ``metadata.instruction_difficulty`` (any
+finite number, alpaca_eval's per-instruction difficulty) adds the difficulty term to the
+length-controlled win rate. Items may differ in which optional fields they carry;
+``Dataset.schema_summary()`` says how many have each, so a scorer that needs a field can report
+how many items lack it instead of scoring them 0.
 
 Subsets are chosen by ranking items on a hash of ``(seed, id)``: the same seed gives the same
 items whatever the file order, and ``subsample(50)`` is contained in ``subsample(100)``, so a
@@ -28,14 +32,14 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from .errors import ConfigError
 from .inputs import write_text_atomic
 from .providers.base import Message
 
 ALLOWED_KEYS = frozenset({"id", "prompt", "messages", "reference", "baseline_output", "category",
-                          "metadata"})
+                          "metadata", "follow_ups"})
 MESSAGE_ROLES = frozenset({"system", "user", "assistant"})
 UNCATEGORIZED = "uncategorized"
 DEFAULT_DIFFICULTY = 0.5
@@ -44,12 +48,25 @@ BUILTIN_DIR = Path(__file__).resolve().parents[1] / "studies" / "data"
 
 
 @dataclass(frozen=True)
+class FollowUp:
+    """A later user turn of a multi-turn item (MT-Bench's second turn) and its reference answer.
+
+    It is asked after the MoA's answer to the turns before it, in the same conversation."""
+
+    prompt: str
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
 class Item:
     """One validation item.
 
-    Exactly one of ``prompt`` / ``messages`` is set. ``metadata`` is free-form except
-    ``difficulty`` (a number in [0, 1]), which the simulated world reads; it is excluded from
-    equality and hashing because dicts are not hashable.
+    Exactly one of ``prompt`` / ``messages`` is set. ``follow_ups`` (empty for a single-turn
+    item) are the later user turns of a multi-turn item: each is run with the conversation so
+    far, the MoA's own earlier answers included. ``metadata`` is free-form except
+    ``difficulty`` (a number in [0, 1]), which the simulated world reads, and
+    ``instruction_difficulty`` (a number); it is excluded from equality and hashing because
+    dicts are not hashable.
     """
 
     id: str
@@ -59,12 +76,14 @@ class Item:
     baseline_output: str | None = None
     category: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    follow_ups: tuple[FollowUp, ...] = ()
 
     def __post_init__(self) -> None:
         # Items built in code (tests, generators) get the same guarantees as loaded ones.
         if (self.prompt is None) == (self.messages is None):
             raise ConfigError("an item needs exactly one of 'prompt' and 'messages'",
                               field=f"item {self.id!r}")
+        object.__setattr__(self, "follow_ups", tuple(self.follow_ups))
         if self.messages is not None:
             object.__setattr__(self, "messages", tuple(self.messages))
             if not any(m.role == "user" for m in self.messages):
@@ -75,6 +94,31 @@ class Item:
         if self.messages is not None:
             return self.messages
         return (Message("user", self.prompt or ""),)
+
+    @property
+    def n_turns(self) -> int:
+        """How many user turns are answered: 1, plus one per follow-up."""
+        return 1 + len(self.follow_ups)
+
+    def turn_messages(self, answers: Sequence[str]) -> tuple[Message, ...]:
+        """What is sent for turn ``len(answers) + 1``: the item's messages, then each earlier
+        answer as an assistant message followed by the next follow-up question."""
+        if len(answers) >= self.n_turns:
+            raise ValueError(f"item {self.id!r} has {self.n_turns} turn(s), not {len(answers) + 1}")
+        messages = list(self.messages_tuple())
+        for answer, follow_up in zip(answers, self.follow_ups):
+            messages += [Message("assistant", answer), Message("user", follow_up.prompt)]
+        return tuple(messages)
+
+    @property
+    def turn_questions(self) -> tuple[str, ...]:
+        """The user question of each turn (the first is ``prompt_text``)."""
+        return (self.prompt_text,) + tuple(f.prompt for f in self.follow_ups)
+
+    @property
+    def turn_references(self) -> tuple[str | None, ...]:
+        """The reference answer of each turn (``None`` where the turn has none)."""
+        return (self.reference,) + tuple(f.reference for f in self.follow_ups)
 
     @property
     def prompt_text(self) -> str:
@@ -89,6 +133,13 @@ class Item:
         """``metadata.difficulty`` or 0.5 (a middling item) when the set does not say."""
         value = self.metadata.get("difficulty", DEFAULT_DIFFICULTY)
         return float(value)
+
+    @property
+    def instruction_difficulty(self) -> float | None:
+        """alpaca_eval's per-instruction difficulty (``metadata.instruction_difficulty``, any
+        finite number) when the set has it: the LC win rate's difficulty term."""
+        value = self.metadata.get("instruction_difficulty")
+        return None if value is None else float(value)
 
     @property
     def category_or_default(self) -> str:
@@ -253,13 +304,7 @@ def _parse_line(line: str, source: str, lineno: int) -> Item:
     else:
         messages = _parse_messages(raw["messages"], fail)
 
-    reference = raw.get("reference")
-    if reference is not None:
-        if isinstance(reference, bool) or not isinstance(reference, (str, int, float)):
-            raise fail(f"expected a string or a number, got {json_type(reference)}", "reference")
-        if isinstance(reference, float) and not math.isfinite(reference):
-            raise fail("expected a finite number", "reference")
-        reference = reference if isinstance(reference, str) else repr(reference)
+    reference = _parse_reference(raw.get("reference"), fail, "reference")
 
     baseline = raw.get("baseline_output")
     if baseline is not None and not isinstance(baseline, str):
@@ -276,22 +321,56 @@ def _parse_line(line: str, source: str, lineno: int) -> Item:
         d = metadata["difficulty"]
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d <= 1.0:
             raise fail(f"expected a number in [0, 1], got {d!r}", "metadata.difficulty")
+    if "instruction_difficulty" in metadata:
+        d = metadata["instruction_difficulty"]
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d):
+            raise fail(f"expected a finite number, got {d!r}", "metadata.instruction_difficulty")
 
+    follow_ups = _parse_follow_ups(raw["follow_ups"], fail) if "follow_ups" in raw else ()
     return Item(id=item_id, prompt=prompt, messages=messages, reference=reference,
-                baseline_output=baseline, category=category, metadata=metadata)
+                baseline_output=baseline, category=category, metadata=metadata,
+                follow_ups=follow_ups)
+
+
+def _parse_reference(value: Any, fail: Any, fld: str) -> str | None:
+    """A reference is a string or a finite number, kept as text (``"007"`` stays ``"007"``)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise fail(f"expected a string or a number, got {json_type(value)}", fld)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise fail("expected a finite number", fld)
+    return value if isinstance(value, str) else repr(value)
+
+
+def _objects(value: Any, fail: Any, name: str, keys: tuple[str, str]) -> Iterator[tuple[str, dict]]:
+    """``(field name, object)`` for each element of a non-empty list of objects with only
+    ``keys``: the shape ``messages`` and ``follow_ups`` share."""
+    if not isinstance(value, list) or not value:
+        raise fail(f"expected a non-empty list of {{{', '.join(keys)}}} objects", name)
+    for k, raw in enumerate(value):
+        fld = f"{name}[{k}]"
+        if not isinstance(raw, dict):
+            raise fail(f"expected an object, got {json_type(raw)}", fld)
+        extra = set(raw) - set(keys)
+        if extra:
+            raise fail(f"unknown key(s) {sorted(extra)}; expected {' and '.join(keys)}", fld)
+        yield fld, raw
+
+
+def _parse_follow_ups(value: Any, fail: Any) -> tuple[FollowUp, ...]:
+    out: list[FollowUp] = []
+    for fld, raw in _objects(value, fail, "follow_ups", ("prompt", "reference")):
+        prompt = raw.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise fail(f"expected a non-empty string, got {json_type(prompt)}", f"{fld}.prompt")
+        out.append(FollowUp(prompt, _parse_reference(raw.get("reference"), fail, f"{fld}.reference")))
+    return tuple(out)
 
 
 def _parse_messages(value: Any, fail: Any) -> tuple[Message, ...]:
-    if not isinstance(value, list) or not value:
-        raise fail("expected a non-empty list of {role, content} objects", "messages")
     out: list[Message] = []
-    for k, m in enumerate(value):
-        fld = f"messages[{k}]"
-        if not isinstance(m, dict):
-            raise fail(f"expected an object, got {json_type(m)}", fld)
-        extra = set(m) - {"role", "content"}
-        if extra:
-            raise fail(f"unknown key(s) {sorted(extra)}; expected role and content", fld)
+    for fld, m in _objects(value, fail, "messages", ("role", "content")):
         role, content = m.get("role"), m.get("content")
         if role not in MESSAGE_ROLES:
             raise fail(f"expected role in {sorted(MESSAGE_ROLES)}, got {role!r}", f"{fld}.role")
@@ -318,6 +397,10 @@ def item_to_dict(item: Item) -> dict[str, Any]:
             out[key] = getattr(item, key)
     if item.metadata:
         out["metadata"] = dict(item.metadata)
+    if item.follow_ups:  # left out when empty, so single-turn files read and write as before
+        out["follow_ups"] = [{"prompt": f.prompt} | ({} if f.reference is None else
+                                                      {"reference": f.reference})
+                             for f in item.follow_ups]
     return out
 
 
@@ -364,7 +447,16 @@ def answer_key_pairs(dataset: Dataset) -> list[tuple[str, str | None, float]]:
     request built from the item. Items without a reference (open-ended instructions) keep
     ``None``: their difficulty still matters to the world.
     """
-    return [(item.prompt_text, item.reference, item.difficulty) for item in dataset.items]
+    pairs = [(item.prompt_text, item.reference, item.difficulty) for item in dataset.items]
+    # A follow-up ("And with side 4?") is keyed too when it has a reference, so the world can
+    # answer it right; a follow-up text that is already a key (a generic "Explain why.") is not.
+    seen = {prompt for prompt, _, _ in pairs}
+    for item in dataset.items:
+        for follow_up in item.follow_ups:
+            if follow_up.reference is not None and follow_up.prompt not in seen:
+                seen.add(follow_up.prompt)
+                pairs.append((follow_up.prompt, follow_up.reference, item.difficulty))
+    return pairs
 
 
 def resolve_dataset(ref: str | Path) -> Dataset:

@@ -11,17 +11,24 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .config import MoAConfig
+from .conversation import run_conversations
 from .datasets import Dataset, Item
 from .providers.base import Provider
 from .runner import DegradedPolicy, ItemTrace, Runner
 from .scoring import EvalResult, Scorer, make_scorer, score_traces
 from .search import TrialMetrics
 from .store import CallStore
+
+
+#: A progress display for one evaluation: ``(label, n_items)`` -> a context yielding ``on_item``
+#: (``progress.TrialProgress.items``); the evaluator opens one per fidelity stage.
+ItemProgress = Callable[[str, int], AbstractContextManager[Callable[[ItemTrace], None]]]
 
 
 def build_scorer(name: str, options: Mapping[str, Any], runner: Runner) -> Scorer:
@@ -137,18 +144,22 @@ class ConfigEvaluation:
 async def evaluate_config(runner: Runner, config: MoAConfig, items: Sequence[Item], scorer: Scorer,
                           *, on_item: Callable[[ItemTrace], None] | None = None,
                           confidence: float = 0.95) -> ConfigEvaluation:
-    traces = await runner.run_items(config, [(i.id, i.messages_tuple()) for i in items], on_item=on_item)
+    # multi-turn items (MT-Bench) run every turn the scorer grades; their traces hold each answer
+    traces = await run_conversations(runner, config, items, on_item=on_item,
+                                     follow_ups=scorer.grades_follow_ups)
     result = await score_traces(scorer, items, traces, confidence=confidence)
     return ConfigEvaluation(config, tuple(traces), result, runner.degraded)
 
 
 class DatasetEvaluator:
     """``search.Evaluator`` over a dataset: one runner per trial so the store logs the trial.
-    ``degraded`` is the ``DegradedPolicy`` (a study passes its ``[scorer] degraded``)."""
+    ``degraded`` is the ``DegradedPolicy`` (a study passes its ``[scorer] degraded``);
+    ``progress``, when given, shows each evaluation's items as they finish."""
 
     def __init__(self, provider: Provider, store: CallStore | None, dataset: Dataset, scorer: str,
                  scorer_options: Mapping[str, Any] | None = None, *, run_prefix: str = "",
-                 max_concurrent_items: int = 8, degraded: DegradedPolicy | str = DegradedPolicy.SCORE):
+                 max_concurrent_items: int = 8, degraded: DegradedPolicy | str = DegradedPolicy.SCORE,
+                 progress: ItemProgress | None = None):
         self.provider = provider
         self.store = store
         self.dataset = dataset
@@ -157,6 +168,7 @@ class DatasetEvaluator:
         self.run_prefix = run_prefix
         self.max_concurrent_items = max_concurrent_items
         self.degraded = DegradedPolicy.parse(degraded)
+        self.progress = progress
 
     def runner(self, run_id: str) -> Runner:
         return Runner(self.provider, self.store, max_concurrent_items=self.max_concurrent_items,
@@ -171,7 +183,11 @@ class DatasetEvaluator:
 
     async def evaluate(self, config: MoAConfig, item_ids: Sequence[str], *,
                        trial_number: int) -> TrialMetrics:
-        evaluation = await self.evaluate_items(config, item_ids, f"{self.run_prefix}trial-{trial_number}")
+        label = f"trial {trial_number}" if trial_number >= 0 else "baseline"
+        shown = self.progress(label, len(item_ids)) if self.progress else nullcontext(None)
+        with shown as on_item:
+            evaluation = await self.evaluate_items(config, item_ids, f"{self.run_prefix}trial-{trial_number}",
+                                                   on_item=on_item)
         return evaluation.to_trial_metrics()
 
     def paid(self) -> tuple[float, int]:

@@ -17,7 +17,8 @@ from typing import Iterable
 
 from .errors import ConfigError
 
-__all__ = ["ENV_NAME", "MIN_KEY_CHARS", "check_env_name", "remember", "scrub", "scrub_content"]
+__all__ = ["ENV_NAME", "MIN_KEY_CHARS", "StreamScrubber", "check_env_name", "remember", "scrub",
+           "scrub_content"]
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 """What ``api_key_env`` must look like: an environment variable name (same rule as the preset schema)."""
@@ -72,3 +73,26 @@ def scrub(text: str, secrets: str | Iterable[str] | None = None) -> str:
         if len(secret) >= 8:
             text = re.sub(r"(?<![A-Za-z0-9])" + re.escape(secret[-4:]) + r"(?![A-Za-z0-9])", _MASK, text)
     return text
+
+
+class StreamScrubber:
+    """``scrub_content`` for an answer that arrives in pieces (a streamed reply): the last
+    (longest key - 1) characters are held back until the next piece or ``flush``, so a key split
+    across two pieces is still masked whole, and no piece handed on holds the start of a key.
+    Nothing is held back while no key is known (the simulated world, local servers)."""
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def feed(self, piece: str) -> str:
+        """The part of the text so far that can be handed on, masked."""
+        text = scrub_content(self._held + piece)
+        cut = len(text) - max((len(s) - 1 for s in _known), default=0)
+        cut = max(0, cut)
+        self._held = text[cut:]
+        return text[:cut]
+
+    def flush(self) -> str:
+        """The rest, at the end of the stream."""
+        rest, self._held = self._held, ""
+        return rest

@@ -2,7 +2,8 @@
 
 A search ends in a config; a user wants to *take it away*: serve it, run it from a script, hand
 it to another runtime. So a preset file carries, besides the config, the catalog entries of the
-models it calls (endpoint base URL, the *name* of the env var holding the key, list prices), the
+models it calls (endpoint base URL, the *name* of the env var holding the key, list prices for
+input, output and cache-read input tokens, with the price table and date they came from), the
 text of the aggregation prompt (so a runtime without moa_search reproduces the messages), and the
 provenance of its numbers (which study, trial, validation set and scorer; quality with its CI;
 cost and latency; whether they came from the simulated world).
@@ -69,12 +70,13 @@ class PresetModel:
     sim: SimProfile | None = None  # how the simulated world plays it, when the catalog said
     price_source: str = CATALOG_PRICE  # which price table the prices came from (catalog.ModelInfo)
     price_date: str = ""
+    cached_input_price: float | None = None  # per 1M cache-read input tokens; None: input price
 
     @classmethod
     def from_model_info(cls, info: ModelInfo) -> "PresetModel":
         return cls(info.id, info.endpoint.base_url, info.endpoint.api_key_env, info.input_price,
                    info.output_price, info.context_window, info.endpoint.name, info.sim,
-                   info.price_source, info.price_date)
+                   info.price_source, info.price_date, info.cached_input_price)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"base_url": self.base_url, "api_key_env": self.api_key_env,
@@ -82,6 +84,8 @@ class PresetModel:
                                "context_window": self.context_window, "price_source": self.price_source}
         if self.price_date:
             out["price_date"] = self.price_date
+        if self.cached_input_price is not None:
+            out["cached_input_price"] = self.cached_input_price
         if self.provider:
             out["provider"] = self.provider
         if self.sim is not None:
@@ -89,8 +93,10 @@ class PresetModel:
                           "tokens_per_s": self.sim.tokens_per_s, "verbosity": self.sim.verbosity}
         return out
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input_price + completion_tokens * self.output_price) / 1e6
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int = 0) -> float:
+        """``catalog.ModelInfo.cost`` (one pricing rule): it reads only the three prices, which a
+        preset entry has under the same names."""
+        return ModelInfo.cost(self, prompt_tokens, completion_tokens, cached_prompt_tokens)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -233,6 +239,26 @@ def from_builtin(preset: Preset, catalog: Catalog) -> PresetFile:
     return from_config(preset.name, preset.config, catalog, description=preset.description)
 
 
+def restyled(preset: PresetFile, *, prompt_style: str | None = None,
+             base_url: str | None = None) -> PresetFile:
+    """The preset with its agents in another prompt style (a new config: its measured numbers
+    are dropped and the description says so) and/or every model at one endpoint (numbers kept,
+    as ``serve --base-url`` keeps them)."""
+    catalog = preset_catalog(preset)
+    if base_url is not None:
+        catalog = catalog.with_base_url(base_url)
+    config, provenance, description = preset.config, preset.provenance, preset.description
+    if prompt_style is not None and prompt_style != config.prompt_style:
+        old = config
+        config = MoAConfig(old.proposer_layers, old.aggregator, "", prompt_style)
+        provenance = None
+        description = (f"{description} In prompt_style {prompt_style!r} (config {config.config_hash}, from "
+                       f"{old.config_hash} in {old.prompt_style!r}): not measured in this style.").strip()
+    if config is preset.config and base_url is None:
+        return preset
+    return from_config(preset.name, config, catalog, provenance, description=description)
+
+
 def preset_catalog(preset: PresetFile) -> Catalog:
     """A catalog rebuilt from the preset's own entries, so it runs without the original catalog."""
     endpoints: dict[tuple[str, str, str], Endpoint] = {}
@@ -246,7 +272,7 @@ def preset_catalog(preset: PresetFile) -> Catalog:
             endpoints[key] = Endpoint(unique, m.base_url.rstrip("/"), m.api_key_env)
         models[m.id] = ModelInfo(m.id, endpoints[key], m.input_price, m.output_price,
                                  m.context_window, m.sim, rules=family_rules(m.id), price_source=m.price_source,
-                                 price_date=m.price_date)
+                                 price_date=m.price_date, cached_input_price=m.cached_input_price)
     return Catalog(models, f"<preset {preset.name}>", {e.name: e for e in endpoints.values()})
 
 
@@ -280,6 +306,10 @@ def load_config_or_preset(path: str | Path) -> MoAConfig:
     data = read_config_data(path)
     if isinstance(data, Mapping) and ("format" in data or "config_hash" in data):
         return _parse(data, str(path)).config
+    from .importers.archon import looks_like_archon
+    if looks_like_archon(data):
+        raise ConfigError(f"this is an Archon config; import it with: moa-search import {path} --from archon",
+                          source=str(path))
     return MoAConfig.from_dict(data, source=str(path))
 
 
@@ -340,7 +370,8 @@ def _parse(data: Any, source: str | None) -> PresetFile:
             None if sim is None else SimProfile(float(sim["skill"]), float(sim.get("ttft_s", 0.4)),
                                                 float(sim.get("tokens_per_s", 60.0)),
                                                 int(sim.get("verbosity", 400))),
-            raw.get("price_source", CATALOG_PRICE), raw.get("price_date", "")))
+            raw.get("price_source", CATALOG_PRICE), raw.get("price_date", ""),
+            None if raw.get("cached_input_price") is None else float(raw["cached_input_price"])))
     embedded = {m.id for m in models}
     for model_id in config.models:
         if model_id not in embedded:

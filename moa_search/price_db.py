@@ -84,6 +84,15 @@ def _provider(name: str) -> Any:
                       f"(and {len(_providers()) - len(KNOWN_PROVIDERS)} more: see 'moa-search catalog list')")
 
 
+def quote_time(when: datetime | None = None) -> datetime:
+    """Noon UTC of ``when``'s day (default today). Prices change by date, but some also by hour
+    (DeepSeek's off-peak half price, 16:30-00:30 UTC): a config's cost objective must not depend on
+    the hour a catalog was loaded, so the hour is fixed, and noon UTC is inside every provider's
+    standard hours in the database. Time-of-day discounts are therefore not modelled."""
+    return (when or datetime.now(tz=UTC)).astimezone(UTC).replace(hour=12, minute=0, second=0,
+                                                                   microsecond=0)
+
+
 def _usd(value: Any) -> float | None:
     if value is None:
         return None
@@ -112,7 +121,7 @@ def _quote(provider: Any, model: Any, when: datetime) -> PriceQuote | None:
 def lookup(provider: str, model: str, *, base_url: str | None = None, when: datetime | None = None) -> PriceQuote:
     """The database's price for ``model`` at ``provider`` (a catalog provider name; when the
     database does not know that name, the provider whose API pattern matches ``base_url``)."""
-    when = when or datetime.now(tz=UTC)
+    when = quote_time(when)
     p = _find_provider(provider, base_url)
     found = p.find_model(model.lower(), all_providers=_providers())
     quote = _quote(p, found, when) if found is not None else None
@@ -137,7 +146,7 @@ def _find_provider(provider: str, base_url: str | None) -> Any:
 def models(provider: str | None = None, search: str | None = None) -> list[PriceQuote]:
     """The models with token prices the database knows, optionally for one provider and whose
     id contains ``search`` (case-insensitive), sorted by provider then model id."""
-    when = datetime.now(tz=UTC)
+    when = quote_time()
     chosen = [_provider(provider)] if provider else _providers()
     needle = (search or "").lower()
     quotes = (_quote(p, m, when) for p in chosen for m in p.models if needle in m.id.lower())
@@ -192,13 +201,22 @@ def check(catalog: Any, threshold: float = DEFAULT_THRESHOLD,
     return diffs
 
 
+def entry_table(catalog: Any, model: str, *, dated: bool = False) -> str:
+    """The price table a catalog entry's prices come from: the database (``dated``: with the date
+    its price took effect) or the catalog file they were typed in. One spelling for the results
+    footer (``price_tables``) and the ``price_table`` every trial records (``search.records``)."""
+    info = catalog.models[model]
+    if not info.price_source.startswith(DATABASE):
+        return f"typed in catalog {catalog.source}"
+    return f"{info.price_source}, effective {info.price_date}" if dated and info.price_date else info.price_source
+
+
 def price_tables(catalog: Any, models: Iterable[str]) -> str:
     """Which price tables the costs of ``models`` come from, for a results footer:
     ``prices: genai-prices 0.2.3 for 2 models, typed in catalog studies/my.toml for 1``."""
     counts: dict[str, int] = {}
     for model in sorted(set(models)):
-        found = catalog.models[model].price_source
-        table = found if found.startswith(DATABASE) else f"typed in catalog {catalog.source}"
+        table = entry_table(catalog, model)
         counts[table] = counts.get(table, 0) + 1
     if len(counts) == 1:
         [table] = counts

@@ -18,6 +18,10 @@ Which trials appear where:
 * trials stopped early by the multi-fidelity rule were measured on the first items only; their
   numbers are not comparable with full measurements, so they get their own faint trace;
 * duplicates (the sampler revisiting a config) reuse earlier metrics and add no point.
+
+Read across views: quality is in percent everywhere (as the CLI prints it); the optimum set's
+points carry their trial numbers (``#N``) in both planes and in the table under them, as in
+``study show``; labels are wrapped, never cut; the header names the price table the costs use.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import html
 import importlib.util
 import math
+import textwrap
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -36,9 +41,11 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from .errors import MoASearchError
+from .search.records import price_table, trial_metrics
 from .search import (StudyResult, TargetResult, TrialRecord, confidence_at_least, load_result,
                      open_storage)
 from .runner import DegradedPolicy
+from .space import P_GRID
 from .stats import per_category
 from .study_spec import StudySpec, load_study_spec
 
@@ -85,6 +92,7 @@ class Section:
     caption: str = ""
     notes: tuple[str, ...] = ()
     side_by_side: bool = False
+    table: tuple[tuple[str, ...], ...] = ()  # a header row, then one row per line (plain text)
 
 
 # ---- small helpers ---------------------------------------------------------------------------
@@ -103,6 +111,17 @@ def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
+def _pct(x: float) -> float:
+    """Quality (0-1) in percent, as the CLI shows it; every quality in the report goes through it."""
+    return 100 * x
+
+
+def _wrap(text: str, width: int = 36) -> str:
+    """A long label on several lines (``<br>``) instead of cut: the aggregator, named last in a
+    config's summary, must stay readable."""
+    return "<br>".join(textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False)) or text
+
+
 def _summary(r: TrialRecord) -> str:
     return r.config.summary() if r.config is not None else "?"
 
@@ -117,13 +136,13 @@ def _hover(r: TrialRecord) -> str:
     """Everything needed to recognise a point: config, hash, trial, quality with CI, $, latency."""
     m = r.metrics
     assert m is not None
-    ci = (f" [{m.quality_low:.3f}, {m.quality_high:.3f}]"
+    ci = (f" [{_pct(m.quality_low):.1f}, {_pct(m.quality_high):.1f}]"
           if _finite(m.quality_low) and _finite(m.quality_high) else " (no CI)")
     lines = [
         f"<b>{_esc(_summary(r))}</b>",
         f"hash {r.config.config_hash if r.config else '?'}",
         "baseline" if r.number < 0 else f"trial {r.number} ({r.status})",
-        f"quality {m.quality:.3f}{ci} on {m.n_items} items",
+        f"quality {_pct(m.quality):.1f}%{ci} on {m.n_items} items",
         f"${m.cost_usd_per_item:.6f} per item",
         f"latency p50 {m.latency_p50_s:.2f} s, p95 {m.latency_p95_s:.2f} s",
     ]
@@ -139,8 +158,8 @@ def _error_bars(records: Sequence[TrialRecord]) -> dict[str, Any]:
     def gap(a: float, b: float) -> float:
         return max(0.0, a - b) if _finite(a) and _finite(b) else 0.0
     return dict(type="data", symmetric=False, thickness=1.2, width=3,
-                array=[gap(r.metrics.quality_high, r.metrics.quality) for r in records],  # type: ignore[union-attr]
-                arrayminus=[gap(r.metrics.quality, r.metrics.quality_low) for r in records])  # type: ignore[union-attr]
+                array=[_pct(gap(r.metrics.quality_high, r.metrics.quality)) for r in records],  # type: ignore[union-attr]
+                arrayminus=[_pct(gap(r.metrics.quality, r.metrics.quality_low)) for r in records])  # type: ignore[union-attr]
 
 
 def _base_layout(fig: go.Figure, title: str, *, height: int = 460) -> go.Figure:
@@ -196,9 +215,19 @@ def _target_answer(result: StudyResult) -> TargetResult | None:
 # ---- 1 + 2. Pareto planes, with the target ------------------------------------------------------
 
 def _scatter(records: Sequence[TrialRecord], xs: Sequence[float], name: str, **style: Any) -> go.Scatter:
-    return go.Scatter(x=list(xs), y=[r.metrics.quality for r in records],  # type: ignore[union-attr]
+    return go.Scatter(x=list(xs), y=[_pct(r.metrics.quality) for r in records],  # type: ignore[union-attr]
                       mode="markers", name=name, hovertext=[_hover(r) for r in records],
                       hoverinfo="text", customdata=[r.number for r in records], **style)
+
+
+def _numbered(trace: go.Scatter) -> go.Scatter:
+    """Trial numbers written beside the points (``#12``), to match a point across the two planes
+    and to the table below them without hovering."""
+    sides = ("middle right", "middle left")  # neighbours (the points come in x order) alternate sides
+    trace.update(mode="markers+text", text=[f"#{n}" for n in trace.customdata],
+                 textposition=[sides[i % 2] for i in range(len(trace.customdata))],
+                 textfont=dict(size=11, color=_COLORS["front"]))
+    return trace
 
 
 def pareto_figure(result: StudyResult, plane: str) -> go.Figure:
@@ -218,15 +247,15 @@ def pareto_figure(result: StudyResult, plane: str) -> go.Figure:
         fig.add_trace(_scatter(stopped, [xv(r) for r in stopped], _STOPPED,
                                marker=dict(color=_COLORS["stopped"], size=8, opacity=0.5,
                                            symbol="x-thin-open", line=dict(width=1.5))))
-    curve = _tradeoff((xv(r), r.metrics.quality) for r in measured  # type: ignore[union-attr]
+    curve = _tradeoff((xv(r), _pct(r.metrics.quality)) for r in measured  # type: ignore[union-attr]
                       if _finite(xv(r)) and _finite(r.metrics.quality))  # type: ignore[union-attr]
     if len(curve) > 1:
         fig.add_trace(go.Scatter(x=[p[0] for p in curve], y=[p[1] for p in curve], mode="lines",
                                  name=_TRADEOFF, line=dict(color=_COLORS["front"], width=1.5, shape="hv"),
                                  opacity=0.6, hoverinfo="skip"))
-    fig.add_trace(_scatter(front, [xv(r) for r in front], _FRONT_NAME.get(result.mode, "Pareto front"),
-                           marker=dict(color=_COLORS["front"], size=12, line=dict(color="white", width=1)),
-                           error_y=dict(_error_bars(front), color=_COLORS["front"])))
+    fig.add_trace(_numbered(_scatter(front, [xv(r) for r in front], _FRONT_NAME.get(result.mode, "Pareto front"),
+                                     marker=dict(color=_COLORS["front"], size=12, line=dict(color="white", width=1)),
+                                     error_y=dict(_error_bars(front), color=_COLORS["front"]))))
     if result.baseline is not None and result.baseline.metrics is not None:
         b = result.baseline
         fig.add_trace(_scatter([b], [xv(b)], f"{_BASELINE}: {_esc(b.note or _summary(b))}",
@@ -237,7 +266,7 @@ def pareto_figure(result: StudyResult, plane: str) -> go.Figure:
     fig.update_xaxes(title_text=_esc(x_title + sim))
     if plane == "cost" and _wide(measured, xv):
         _log_x(fig)
-    fig.update_yaxes(title_text="quality" + sim)
+    fig.update_yaxes(title_text="quality (%)" + sim)
     return fig
 
 
@@ -257,8 +286,8 @@ def _add_target(fig: go.Figure, result: StudyResult, xv: Callable[[TrialRecord],
     answer = _target_answer(result)
     if answer is None:
         return
-    fig.add_hline(y=answer.target, line_dash="dash", line_color=_COLORS["met"] if answer.met else _COLORS["unmet"],
-                  annotation_text=f"target {answer.target:.3g}{_sim(result)}",
+    fig.add_hline(y=_pct(answer.target), line_dash="dash", line_color=_COLORS["met"] if answer.met else _COLORS["unmet"],
+                  annotation_text=f"target {_pct(answer.target):.1f}%{_sim(result)}",
                   annotation_position="bottom right")
     pick = answer.record if answer.met else answer.best
     if pick is None or pick.metrics is None:
@@ -275,7 +304,8 @@ def pareto_section(result: StudyResult) -> Section:
     stopped = len(_stopped_early(result))
     what = ("the Pareto-optimal configs over the study's objectives (" + ", ".join(result.objective_names) + ")"
             if result.mode == "pareto" else "the cheapest config whose quality lower bound meets the target")
-    caption = (f"{measured} configs measured on every item{_sim(result)}; highlighted: {front}, {what}. "
+    caption = (f"{measured} configs measured on every item{_sim(result)}; highlighted: {front}, {what}, "
+               f"labelled with their trial numbers (#N, as in the table below and in `study show`). "
                f"Error bars: the quality confidence interval. The line joins the configs no other "
                f"config beats on both plotted axes. Hover a point for its config, hash and numbers.")
     notes = []
@@ -288,7 +318,23 @@ def pareto_section(result: StudyResult) -> Section:
     heading = "Pareto front" if result.mode == "pareto" else "Quality against cost and latency"
     return Section("pareto", heading, (("pareto-cost", pareto_figure(result, "cost")),
                                              ("pareto-latency", pareto_figure(result, "latency"))),
-                   caption, tuple(notes), side_by_side=True)
+                   caption, tuple(notes), side_by_side=True, table=front_table(result))
+
+
+def front_table(result: StudyResult) -> tuple[tuple[str, ...], ...]:
+    """The highlighted configs as rows: trial number first, quality in %, as ``study show``."""
+    rows = [r for r in sorted(result.pareto_front, key=lambda r: r.number) if r.metrics is not None]
+    if not rows:
+        return ()
+    sim = " (simulated)" if result.is_simulated else ""
+    head = ("trial", "config", f"quality %{sim} [CI]", f"$ per item{sim}", f"p50 s{sim}", f"p95 s{sim}", "items")
+
+    def ci(m: Any) -> str:
+        return (f" [{_pct(m.quality_low):.1f}, {_pct(m.quality_high):.1f}]"
+                if _finite(m.quality_low) and _finite(m.quality_high) else "")
+    return (head, *((f"#{r.number}", _summary(r), f"{_pct(r.metrics.quality):.1f}{ci(r.metrics)}",  # type: ignore[union-attr]
+                     f"{r.metrics.cost_usd_per_item:.6f}", f"{r.metrics.latency_p50_s:.2f}",  # type: ignore[union-attr]
+                     f"{r.metrics.latency_p95_s:.2f}", str(r.metrics.n_items)) for r in rows))  # type: ignore[union-attr]
 
 
 def target_section(result: StudyResult) -> Section | None:
@@ -314,7 +360,7 @@ def target_section(result: StudyResult) -> Section | None:
                                              color=_COLORS["met"] if answer.met else _COLORS["unmet"])))
     fig.add_hline(y=answer.confidence, line_dash="dash", line_color=_COLORS["budget"],
                   annotation_text=f"required confidence {answer.confidence:g}", annotation_position="bottom right")
-    _base_layout(fig, f"Confidence of meeting quality ≥ {answer.target:.3g}{sim}", height=420)
+    _base_layout(fig, f"Confidence of meeting quality ≥ {_pct(answer.target):.1f}%{sim}", height=420)
     fig.update_xaxes(title_text="$ per item" + sim)
     if _wide(measured, _PLANES["cost"][2]):
         _log_x(fig)
@@ -322,14 +368,18 @@ def target_section(result: StudyResult) -> Section | None:
     if answer.met and answer.record is not None:
         r = answer.record
         caption = (f"Target met{sim}: trial {r.number} ({_summary(r)}, hash {r.config.config_hash if r.config else '?'}) "
-                   f"is the cheapest config with quality ≥ {answer.target:.3g} at confidence "
+                   f"is the cheapest config with quality ≥ {_pct(answer.target):.1f}% at confidence "
                    f"{answer.achieved_confidence:.3f} (required {answer.confidence:g}), "
                    f"${r.metrics.cost_usd_per_item:.6f} per item.")  # type: ignore[union-attr]
     else:
-        caption = f"Target NOT met{sim}: {answer.message}."
+        best = answer.best
+        found = (f"; the best found is trial {best.number} with quality {_pct(best.metrics.quality):.1f}%"
+                 if best is not None and best.metrics is not None else "")
+        caption = (f"Target NOT met{sim}: no config meets quality ≥ {_pct(answer.target):.1f}% with "
+                   f"confidence {answer.confidence:g}{found}.")
     if result.baseline is not None and result.baseline.metrics is not None:
         caption += (f" The target is the measured quality of the baseline {result.baseline.note or _summary(result.baseline)} "
-                    f"({result.baseline.metrics.quality:.3f}).")
+                    f"({_pct(result.baseline.metrics.quality):.1f}%).")
     caption += " Confidence is one-sided (Student t on the per-item values), as the search computes it."
     return Section("target", "Quality target", (("target", fig),), caption)
 
@@ -397,11 +447,6 @@ def _shown_configs(result: StudyResult) -> tuple[list[TrialRecord], str]:
     return [], ""
 
 
-def _short(text: str, limit: int = 60) -> str:
-    """Keep axis labels readable; the full text is in the hover."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def cost_split_figure(result: StudyResult, records: Sequence[TrialRecord], by: str) -> go.Figure:
     """Stacked $ per item: one horizontal bar per config (cheapest on top), one colour per model
     (or role). Horizontal, because config labels name models and are too long for an x axis."""
@@ -411,8 +456,9 @@ def cost_split_figure(result: StudyResult, records: Sequence[TrialRecord], by: s
     totals: Counter[str] = Counter()
     for p in parts:
         totals.update({k: v for k, v in p.items()})
-    labels = [_esc(_short(_label(r))) for r in records]
+    labels = [_wrap(_esc(_label(r))) for r in records]  # wrapped, never cut: the aggregator is named last
     full = [_esc(_label(r)) for r in records]
+    lines = max((label.count("<br>") + 1 for label in labels), default=1)
     fig = go.Figure()
     for key, total in totals.most_common():
         if total <= 0:  # a role no shown config pays for (e.g. no judge) would be an empty legend entry
@@ -420,7 +466,7 @@ def cost_split_figure(result: StudyResult, records: Sequence[TrialRecord], by: s
         fig.add_trace(go.Bar(y=labels, x=[p.get(key, 0.0) for p in parts], name=_esc(key), orientation="h",
                              customdata=full,
                              hovertemplate=f"{_esc(key)}<br>%{{customdata}}<br>$%{{x:.6f}} per item<extra></extra>"))
-    _base_layout(fig, f"$ per item by {by}{sim}", height=140 + 34 * len(records))
+    _base_layout(fig, f"$ per item by {by}{sim}", height=140 + (20 + 16 * lines) * len(records))
     fig.update_layout(barmode="stack", showlegend=True,
                       legend=dict(orientation="v", y=1, x=1.01, xanchor="left", yanchor="top"))
     fig.update_xaxes(title_text="$ per item" + sim)
@@ -451,16 +497,16 @@ def category_figure(result: StudyResult, records: Sequence[TrialRecord],
         est = per_category([v for _, v in items], [categories[k] for k, _ in items])
         cats = list(est)
         fig.add_trace(go.Bar(
-            x=[_esc(c) for c in cats], y=[est[c].mean for c in cats], name=_esc(_label(r)),
+            x=[_esc(c) for c in cats], y=[_pct(est[c].mean) for c in cats], name=_esc(_label(r)),
             error_y=dict(type="data", symmetric=False,
-                         array=[max(0.0, est[c].high - est[c].mean) if est[c].has_interval else 0.0 for c in cats],
-                         arrayminus=[max(0.0, est[c].mean - est[c].low) if est[c].has_interval else 0.0 for c in cats]),
+                         array=[_pct(max(0.0, est[c].high - est[c].mean)) if est[c].has_interval else 0.0 for c in cats],
+                         arrayminus=[_pct(max(0.0, est[c].mean - est[c].low)) if est[c].has_interval else 0.0 for c in cats]),
             customdata=[est[c].n for c in cats],
-            hovertemplate=f"{_esc(_label(r))}<br>%{{x}}: %{{y:.3f}} on %{{customdata}} items<extra></extra>"))
+            hovertemplate=f"{_esc(_label(r))}<br>%{{x}}: %{{y:.1f}}% on %{{customdata}} items<extra></extra>"))
     _base_layout(fig, "Quality by item category" + sim, height=420)
     fig.update_layout(barmode="group")
-    fig.update_xaxes(title_text="category")
-    fig.update_yaxes(title_text="quality" + sim, range=[0, 1.05])
+    fig.update_xaxes(title_text="category", automargin=True)
+    fig.update_yaxes(title_text="quality (%)" + sim, range=[0, 105])
     return fig
 
 
@@ -473,13 +519,13 @@ def distribution_figure(result: StudyResult, records: Sequence[TrialRecord]) -> 
     sim = _sim(result)
     fig = go.Figure()
     for r in records:
-        vals = list(r.metrics.item_values.values())  # type: ignore[union-attr]
+        vals = [_pct(v) for v in r.metrics.item_values.values()]  # type: ignore[union-attr]
         fig.add_trace(go.Histogram(x=vals, name=_esc(_label(r)), histnorm="percent",
-                                   xbins=dict(start=-0.05, end=1.05, size=0.1),
-                                   hovertemplate=f"{_esc(_label(r))}<br>quality %{{x}}: %{{y:.1f}}% of items<extra></extra>"))
+                                   xbins=dict(start=-5, end=105, size=10),
+                                   hovertemplate=f"{_esc(_label(r))}<br>quality %{{x}}%: %{{y:.1f}}% of items<extra></extra>"))
     _base_layout(fig, "Per-item quality distribution" + sim, height=420)
     fig.update_layout(barmode="group", showlegend=True)
-    fig.update_xaxes(title_text="item quality" + sim, range=[-0.05, 1.05], dtick=0.1)
+    fig.update_xaxes(title_text="item quality (%)" + sim, range=[-5, 105], dtick=10)
     fig.update_yaxes(title_text="% of items")
     return fig
 
@@ -516,7 +562,8 @@ def category_section(result: StudyResult, categories: Mapping[str, str] | None) 
 # ---- 6. parameter importances ------------------------------------------------------------------
 
 def _quality_of(t: optuna.trial.FrozenTrial) -> float:
-    return float(t.user_attrs["metrics"]["quality"])
+    m = trial_metrics(t)
+    return float(m.quality) if m is not None else math.nan
 
 
 def param_importances(result: StudyResult) -> tuple[dict[str, float] | None, str]:
@@ -532,13 +579,21 @@ def param_importances(result: StudyResult) -> tuple[dict[str, float] | None, str
     except Exception as exc:  # a report must still render without importances
         return None, f"the Optuna study could not be opened ({exc})"
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if "metrics" in t.user_attrs and _finite(_quality_of(t))]
+            if _finite(_quality_of(t))]
     if len(done) < 2:
         return None, f"importances need at least 2 trials measured on every item; this study has {len(done)}"
-    params = {p for t in done for p in t.params}
+    # A parameter with one value over these trials (a space fixing it, or a sampler that never
+    # varied it) explains nothing; Optuna would still rank it, so it is left out.
+    values: dict[str, set[str]] = {}
+    for t in done:
+        for p, v in t.params.items():
+            values.setdefault(p, set()).add(repr(v))
+    params = {p for p, seen in values.items() if len(seen) > 1}
+    constant = sorted(set(values) - params)
     if len(params) < 2:
-        return None, (f"the study searched {len(params)} parameter ({', '.join(sorted(params)) or 'none'}); "
-                      "with the grid sampler every config is one categorical choice, so there is nothing to rank")
+        grid = "; with the grid sampler every config is one categorical choice" if P_GRID in values else ""
+        return None, (f"only {len(params)} parameter varied across these trials "
+                      f"({', '.join(sorted(params)) or 'none'}){grid}, so there is nothing to rank")
     if importlib.util.find_spec("sklearn") is not None:
         evaluator: optuna.importance.BaseImportanceEvaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
         target, name = _quality_of, "fANOVA"
@@ -549,12 +604,14 @@ def param_importances(result: StudyResult) -> tuple[dict[str, float] | None, str
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            found = optuna.importance.get_param_importances(study, evaluator=evaluator, target=target)
+            found = optuna.importance.get_param_importances(study, evaluator=evaluator, target=target,
+                                                            params=sorted(params))
     except Exception as exc:  # small or degenerate studies make the evaluators fail
         return None, f"Optuna could not compute importances ({type(exc).__name__}: {exc})"
     if not found or not all(_finite(v) for v in found.values()):
         return None, "Optuna returned no usable importances (quality may not vary across trials)"
-    return dict(found), f"{name} on {len(done)} trials measured on every item (duplicates included)"
+    left_out = f". Left out, with one value in every trial: {', '.join(constant)}" if constant else ""
+    return dict(found), f"{name} on {len(done)} trials measured on every item{_sim(result)}{left_out}"
 
 
 def importance_section(result: StudyResult) -> Section:
@@ -569,7 +626,7 @@ def importance_section(result: StudyResult) -> Section:
     fig.update_xaxes(title_text="importance (normalised, sums to 1)")
     fig.update_yaxes(title_text="parameter", automargin=True)
     uses = " 'use:<model>' says whether a model is among the proposers." if any(n.startswith("use:") for n in names) else ""
-    caption = (f"Optuna's {how}{_sim(result)}.{uses} Importances describe this study's trials (where the "
+    caption = (f"Optuna's {how}.{uses} Importances describe this study's trials (where the "
                f"sampler looked), not causal effects.")
     return Section("importance", "Parameter importances", (("importance", fig),), caption)
 
@@ -618,7 +675,7 @@ def _objectives_text(spec: StudySpec, result: StudyResult) -> str:
         text = "Pareto: " + ", ".join(f"{d} {n}" for n, d in zip(result.objective_names, result.directions))
     if result.target is not None:
         origin = f" (measured quality of baseline {o.target.baseline})" if o.target and o.target.baseline else ""
-        text += f"; target {result.target:.4g}{origin} at confidence {result.target_confidence:g}"
+        text += f"; target quality {_pct(result.target):.1f}%{origin} at confidence {result.target_confidence:g}"
     return text
 
 
@@ -627,6 +684,8 @@ def _header_rows(spec: StudySpec, result: StudyResult) -> list[tuple[str, str]]:
     budget = [f"{b.trials} trials"] + ([f"${b.usd:g}"] if b.usd is not None else []) \
         + ([f"{b.calls} calls"] if b.calls is not None else [])
     scorer = spec.scorer.name + (f" {dict(spec.scorer.options)}" if spec.scorer.options else "")
+    if spec.scorer.name == "length_controlled":  # issue 12: say when LC is not alpaca_eval's
+        scorer += " (LC win rate: approximate unless every item has metadata.instruction_difficulty)"
     rows = [
         ("Study", result.study_name),
         ("Description", spec.description or "—"),
@@ -639,11 +698,25 @@ def _header_rows(spec: StudySpec, result: StudyResult) -> list[tuple[str, str]]:
         ("Faults", _faults_text(spec, result)),
         ("Spend", f"${result.spent_usd:.4f} in {result.spent_calls} paid calls{_sim(result)}; "
                   f"budget {', '.join(budget)}"),
+        ("Prices", _prices_text(spec, result)),
         ("Storage", result.storage_url),
     ]
     if result.stop_reason:
         rows.append(("Stopped because", result.stop_reason))
     return rows
+
+
+def _prices_text(spec: StudySpec, result: StudyResult) -> str:
+    """The price tables the costs came from, as each trial recorded them when it ran; for a study
+    run before trials recorded it, the study's catalog as it prices those models now."""
+    tables = sorted({r.price_table for r in result.trials if r.metrics is not None and r.price_table})
+    if tables:
+        return "; ".join(tables)
+    models = sorted({m for r in result.trials if r.config is not None for m in r.config.models})
+    try:
+        return price_table(spec.load_catalog(), models) + " (the catalog today; not recorded by the trials)"
+    except MoASearchError as exc:
+        return f"not recorded by the trials, and the catalog cannot be read now: {exc}"
 
 
 _CSS = """
@@ -665,6 +738,11 @@ table.facts tr:nth-child(odd) { background: #f3f5f7; }
 .figs { display: grid; grid-template-columns: 1fr; gap: 12px; }
 .figs.two { grid-template-columns: 1fr 1fr; }
 .fig { background: #fff; border: 1px solid #e3e3e3; border-radius: 4px; min-width: 0; }
+table.trials { border-collapse: collapse; background: #fff; font-size: 0.92em; margin-top: 10px; }
+table.trials th, table.trials td { padding: 3px 10px; text-align: right; border-bottom: 1px solid #eee; }
+table.trials td { white-space: nowrap; }
+table.trials td:nth-child(2) { white-space: normal; min-width: 22em; }
+table.trials th:nth-child(2), table.trials td:nth-child(2) { text-align: left; }
 footer { color: #777; font-size: 0.85em; margin-top: 3em; }
 """
 
@@ -686,6 +764,12 @@ def _section_html(s: Section, first: bool) -> str:
         for i, (name, fig) in enumerate(s.figures):
             out.append(f'<div class="fig">{_figure_html(name, fig, first and i == 0)}</div>')
         out.append("</div>")
+    if s.table:
+        head, *rows = s.table
+        out.append('<table class="trials"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+                   + "</tr></thead><tbody>")
+        out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
+        out.append("</tbody></table>")
     out.append("</section>")
     return "\n".join(out)
 

@@ -18,6 +18,12 @@ Latency: ``ItemTrace.latency_s`` (the latency objective) is the critical path of
 time on the wire), never our queueing: how many calls we keep in flight is a property of the
 machine running the search, not of the config. ``ItemTrace.wall_s`` is what the item really
 took here, queueing and retries included.
+
+Serving (``server``) adds three things to ``run_item``, all off by default so a search's calls
+and cache keys are as they always were: ``sampling`` overrides the *aggregator's* sampling
+parameters (a client's ``temperature``, ``max_tokens``...), ``draw`` shifts every agent's sample
+index so one request's mixture is a fresh, reproducible sample of the config, and ``on_delta``
+receives the aggregator's text as it is generated (``providers.base.StreamingProvider``).
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Sequence
 from .config import AgentSpec, MoAConfig
 from .errors import ConfigError
 from .prompts import agent_messages
-from .providers.base import ChatRequest, Completion, Message, Provider, ProviderError, Role
+from .providers.base import (ChatRequest, Completion, DeltaSink, Message, Provider, ProviderError, Role,
+                             StreamingProvider)
 from .providers.limits import fit_for
 
 if TYPE_CHECKING:  # the store is optional at run time; only its interface matters here
@@ -161,6 +168,27 @@ class ItemTrace:
         return dict(out)
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Overrides of one agent's sampling parameters; None (or no stop) keeps the config's.
+
+    ``serve`` applies a client's parameters to the aggregator only: the proposers keep the
+    settings the config was tuned with (see ``server``)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def apply(self, request: ChatRequest) -> ChatRequest:
+        changes = {k: v for k, v in (("temperature", self.temperature), ("top_p", self.top_p),
+                                     ("max_tokens", self.max_tokens), ("seed", self.seed)) if v is not None}
+        if self.stop:
+            changes["stop"] = self.stop
+        return replace(request, **changes) if changes else request
+
+
 def sample_indices(layer: Sequence[AgentSpec]) -> list[int]:
     """Identical agents in one layer are repeated samples: number them 0, 1, 2, …"""
     seen: Counter[AgentSpec] = Counter()
@@ -186,42 +214,60 @@ class Runner:
         self.degraded = DegradedPolicy.parse(degraded)
 
     async def call(self, request: ChatRequest, role: Role = "judge", item_id: str | None = None,
-                   config_hash: str | None = None) -> Completion:
+                   config_hash: str | None = None, on_delta: DeltaSink | None = None) -> Completion:
         """One call through the store (if any). Judges use this too, so their calls are logged.
 
         The catalog's limits are applied first (``providers.limits``): a request that cannot fit
         its model's context window raises ``ContextWindowError`` here, before the store sees it.
+        With ``on_delta`` the call is streamed when the provider can (``_Streamed``); an answer
+        served whole (from the store, or by a provider that cannot stream) is handed over whole.
         """
         request = fit_for(self.provider, request)
+        provider: Provider = self.provider if on_delta is None else _Streamed(self.provider, on_delta)
         if self.store is None:
-            return await self.provider.complete(request)
-        return await self.store.complete(self.provider, request, role=role, run_id=self.run_id,
-                                         item_id=item_id, config_hash=config_hash)
+            completion = await provider.complete(request)
+        else:
+            completion = await self.store.complete(provider, request, role=role, run_id=self.run_id,
+                                                   item_id=item_id, config_hash=config_hash)
+        if isinstance(provider, _Streamed) and not provider.relayed and completion.text:
+            await provider.on_delta(completion.text)
+        return completion
 
     async def _agent_call(self, agent: AgentSpec, sample_index: int, layer: int, agent_index: int,
                           role: Role, prompt: tuple[Message, ...], references: Sequence[str],
-                          config: MoAConfig, item_id: str) -> CallTrace:
+                          config: MoAConfig, item_id: str, sampling: Sampling | None = None,
+                          on_delta: DeltaSink | None = None) -> CallTrace:
         messages = agent_messages(agent, prompt, references, config.prompt_template)
         request = ChatRequest(agent.model, messages, agent.temperature, agent.max_tokens, sample_index)
+        if sampling is not None:
+            request = sampling.apply(request)
         try:
-            completion = await self.call(request, role, item_id, config.config_hash)
+            completion = await self.call(request, role, item_id, config.config_hash, on_delta)
         except ProviderError as exc:
             return CallTrace(layer, role, agent_index, agent.model, sample_index, None, str(exc))
         return CallTrace(layer, role, agent_index, agent.model, sample_index, completion)
 
     async def run_item(self, config: MoAConfig, messages: tuple[Message, ...],
-                       item_id: str = "prompt") -> ItemTrace:
+                       item_id: str = "prompt", *, sampling: Sampling | None = None, draw: int = 0,
+                       on_delta: DeltaSink | None = None) -> ItemTrace:
+        """One item. ``sampling``, ``draw`` and ``on_delta`` are for serving (module docstring):
+        ``draw`` is added to every agent's sample index (0: the samples a search measures)."""
+        if isinstance(draw, bool) or not isinstance(draw, int) or draw < 0:
+            raise ConfigError(f"expected an integer >= 0, got {draw!r}", field="draw")
         started = time.perf_counter()
-        trace = await self._run_layers(config, messages, item_id)
+        trace = await self._run_layers(config, messages, item_id, sampling, draw, on_delta)
         return replace(trace, wall_s=time.perf_counter() - started)
 
-    async def _run_layers(self, config: MoAConfig, messages: tuple[Message, ...], item_id: str) -> ItemTrace:
+    async def _run_layers(self, config: MoAConfig, messages: tuple[Message, ...], item_id: str,
+                          sampling: Sampling | None = None, draw: int = 0,
+                          on_delta: DeltaSink | None = None) -> ItemTrace:
         calls: list[CallTrace] = []
         references: list[str] = []
         degraded = False
         for layer_index, layer in enumerate(config.proposer_layers):
             results = await asyncio.gather(*(
-                self._agent_call(agent, s, layer_index, i, "proposer", messages, references, config, item_id)
+                self._agent_call(agent, draw + s, layer_index, i, "proposer", messages, references, config,
+                                 item_id)
                 for i, (agent, s) in enumerate(zip(layer, sample_indices(layer)))))
             calls.extend(results)
             ok = [r.completion.text for r in results if r.completion is not None]
@@ -236,8 +282,8 @@ class Runner:
                                  f"layer {layer_index + 1} failed, first: {lost[0].error}", degraded=True)
             degraded = degraded or bool(lost)
             references = ok
-        final = await self._agent_call(config.aggregator, 0, config.rounds, 0, "aggregator",
-                                       messages, references, config, item_id)
+        final = await self._agent_call(config.aggregator, draw, config.rounds, 0, "aggregator",
+                                       messages, references, config, item_id, sampling, on_delta)
         calls.append(final)
         if final.completion is None:
             return ItemTrace(item_id, config.config_hash, None, tuple(calls),
@@ -261,3 +307,27 @@ class Runner:
             return trace
 
         return list(await asyncio.gather(*(one(i, m) for i, m in items)))
+
+
+class _Streamed:
+    """The provider as the store sees it for one streamed call: ``complete`` streams when the
+    real provider can, handing each piece to ``on_delta``. Same endpoint identity, so a streamed
+    call has the same cache key as the call made whole, and is paid for once either way."""
+
+    def __init__(self, provider: Provider, on_delta: DeltaSink):
+        self.provider, self.on_delta, self.relayed = provider, on_delta, False
+
+    def endpoint_identity(self, model: str) -> str:
+        return self.provider.endpoint_identity(model)
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        if not isinstance(self.provider, StreamingProvider):
+            return await self.provider.complete(request)
+
+        async def relay(piece: str) -> None:
+            self.relayed = True
+            await self.on_delta(piece)
+        return await self.provider.stream(request, relay)
+
+    async def aclose(self) -> None:
+        """The real provider is closed by its owner."""

@@ -31,9 +31,11 @@ from typing import Any, Awaitable, Callable, ClassVar, Iterable, Literal, Mappin
 
 from .datasets import Dataset, Item
 from .errors import ConfigError, MoASearchError
-from .prompts import pairwise_judge_messages, single_grade_judge_messages
+from .prompts import (REFERENCE_CATEGORIES, pairwise_judge_messages, single_grade_judge_messages,
+                      single_grade_template)
 from .providers.base import ChatRequest, Completion, Message
-from .stats import Estimate, alpacaeval_win_rate, bootstrap_ci, lc_win_rate_ci, per_category
+from .stats import (LC_APPROXIMATE_NOTE, Estimate, alpacaeval_win_rate, bootstrap_ci,
+                    lc_win_rate_ci, per_category)
 
 Status = Literal["ok", "unparseable", "missing_field", "failed"]
 STATUSES: tuple[Status, ...] = ("ok", "unparseable", "missing_field", "failed")
@@ -176,14 +178,15 @@ def parse_pairwise_verdict(text: str | None) -> Literal["a", "b"] | None:
 
 
 def parse_grade(text: str | None) -> int | float | None:
-    """A rating 1-10 from ``[[7]]`` or ``[[9.5]]`` (FastChat reads half points too, so they
-    count); ``None`` if absent, out of range or contradictory (two different ratings), where
-    FastChat would take the first number it finds. Whole ratings come back as ``int``."""
+    """A rating 0-10 from ``[[7]]`` or ``[[9.5]]`` (FastChat reads half points, and a judge's
+    occasional 0, as they are, so they count); ``None`` if absent, out of range or contradictory
+    (two different ratings), where FastChat would take the first number it finds. Whole ratings
+    come back as ``int``."""
     found = {float(v) for v in _GRADE.findall(text or "")}
     if len(found) != 1:
         return None
     value = found.pop()
-    if not 1 <= value <= 10:
+    if not 0 <= value <= 10:
         return None
     return int(value) if value.is_integer() else value
 
@@ -208,6 +211,8 @@ class ItemScore:
     judge_cost_usd: float = 0.0
     judge_paid_usd: float = 0.0
     judge_calls: int = 0
+    #: A multi-turn item's score per turn (``value`` is their mean); empty for one turn.
+    turn_values: tuple[float | None, ...] = ()
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -226,10 +231,24 @@ class Scorer(ABC):
     name: ClassVar[str]
     requires: ClassVar[str | None] = None
     is_judge: ClassVar[bool] = False
+    #: Whether the later turns of a multi-turn item are scored (a pairwise judge has no
+    #: baseline answer for them, so it scores the first turn only).
+    grades_follow_ups: ClassVar[bool] = True
 
     @abstractmethod
     async def ascore(self, item: Item, answer: str) -> ItemScore:
         ...
+
+    async def ascore_turn(self, item: Item, answers: Sequence[str]) -> ItemScore:
+        """Turn ``len(answers)`` of ``item``, its earlier answers given: by default scored as a
+        one-turn item whose chat is the conversation up to that turn and whose reference is
+        that turn's reference."""
+        if len(answers) == 1:
+            return await self.ascore(item, answers[0])
+        turn_item = Item(item.id, messages=item.turn_messages(answers[:-1]),
+                         reference=item.turn_references[len(answers) - 1],
+                         category=item.category, metadata=item.metadata)
+        return await self.ascore(turn_item, answers[-1])
 
 
 class _ReferenceScorer(Scorer):
@@ -428,6 +447,7 @@ class PairwiseJudge(_Judge):
 
     name = "pairwise_judge"
     requires = "baseline_output"
+    grades_follow_ups = False
     headline: ClassVar[Literal["win_rate", "lc_win_rate"]] = "win_rate"
 
     def __init__(self, judge_model: str, call: JudgeCall, *, temperature: float = 0.0,
@@ -471,8 +491,12 @@ class LengthControlledJudge(PairwiseJudge):
 
 
 class SingleGradeJudge(_Judge):
-    """MT-Bench-style single-answer grading: a 1-10 rating (decimals such as 9.5 count, as in
-    FastChat) mapped to (g - 1) / 9 in [0, 1]."""
+    """MT-Bench single-answer grading, as FastChat grades: a rating (the prompt asks 1-10;
+    decimals such as 9.5, and 0, count as FastChat counts them) mapped to g / 10 in [0, 1], so
+    a quality of 89.9 % is an MT-Bench score of 8.99. Items in a reference category (math, reasoning,
+    coding: ``prompts.REFERENCE_CATEGORIES``) that have a reference are graded against it
+    (``single-math-v1``); a later turn is graded with the multi-turn template, which shows the
+    whole conversation (and every turn's reference) and asks about the last answer."""
 
     name = "single_grade_judge"
 
@@ -481,21 +505,57 @@ class SingleGradeJudge(_Judge):
         super().__init__(judge_model, call, temperature=temperature, max_tokens=max_tokens)
 
     async def ascore(self, item: Item, answer: str) -> ItemScore:
-        asked = await self._ask(item.id, single_grade_judge_messages(item.prompt_text, answer),
-                                parse_grade)
+        return await self.ascore_turn(item, [answer])
+
+    async def ascore_turn(self, item: Item, answers: Sequence[str]) -> ItemScore:
+        turn = len(answers)
+        references = item.turn_references[:turn]
+        guided = item.category in REFERENCE_CATEGORIES and all(r is not None for r in references)
+        messages = single_grade_judge_messages(
+            item.turn_questions[:turn], list(answers),
+            [r or "" for r in references] if guided else None)
+        asked = await self._ask(item.id, messages, parse_grade)
         costs = dict(judge_cost_usd=asked.cost_usd, judge_paid_usd=asked.paid_usd,
                      judge_calls=asked.calls)
+        template = single_grade_template(turn, guided)
         if asked.error:
             return ItemScore(item.id, None, "failed", asked.error, **costs)
         if asked.parsed is None:
-            return ItemScore(item.id, None, "unparseable", "no [[rating]] after a retry", **costs)
-        return ItemScore(item.id, (asked.parsed - 1) / 9.0, "ok", f"grade {asked.parsed}", **costs)
+            return ItemScore(item.id, None, "unparseable",
+                             f"no [[rating]] after a retry ({template})", **costs)
+        return ItemScore(item.id, asked.parsed / 10.0, "ok",
+                         f"grade {asked.parsed} ({template})", **costs)
+
+
+_SEVERITY: dict[Status, int] = {"ok": 0, "unparseable": 1, "missing_field": 2, "failed": 3}
+
+
+def combine_turns(item_id: str, turns: Sequence[ItemScore]) -> ItemScore:
+    """One multi-turn item's score from its turns' scores: the mean of the turn values, and
+    the worst turn's status (an item is scored only when every turn is, so a config cannot
+    look good by failing its second turns); every turn's value is kept (``turn_values``)."""
+    worst = max(turns, key=lambda t: _SEVERITY[t.status])
+    values = tuple(t.value for t in turns)
+    known = [v for v in values if v is not None]
+    value = None if len(known) < len(values) else sum(known) / len(known)
+    detail = "; ".join(f"turn {k}: {t.detail}" for k, t in enumerate(turns, start=1))
+    return ItemScore(item_id, value, worst.status, detail,
+                     judge_cost_usd=sum(t.judge_cost_usd for t in turns),
+                     judge_paid_usd=sum(t.judge_paid_usd for t in turns),
+                     judge_calls=sum(t.judge_calls for t in turns), turn_values=values)
 
 
 # ---- scoring a run --------------------------------------------------------------------------
 
+def _turn_answers(trace: "TraceLike") -> tuple[str, ...]:
+    """Every turn's answer of a scored trace: a ``ConversationTrace`` has ``answers``, a
+    runner ``ItemTrace`` one answer."""
+    answers = getattr(trace, "answers", None)
+    return tuple(a or "" for a in answers) if answers else (trace.answer or "",)
+
+
 class TraceLike(Protocol):
-    """What scoring needs from a ``runner.ItemTrace``."""
+    """What scoring needs from a ``runner.ItemTrace`` (or a ``ConversationTrace``)."""
 
     @property
     def item_id(self) -> str: ...
@@ -512,11 +572,16 @@ class EvalResult:
     """A config's quality on a set of items, with everything needed to trust (or distrust) it.
 
     ``quality`` is a fraction in [0, 1] over the scored items: accuracy for reference scorers,
-    mean (g-1)/9 for the single-grade judge, mean preference (= raw win rate / 100) for the
+    mean g/10 for the single-grade judge, mean preference (= raw win rate / 100) for the
     pairwise judge, and the LC win rate / 100 for ``length_controlled`` (``headline`` says which).
     ``win_rate``/``win_rate_se``/``lc_win_rate`` are AlpacaEval-style percentages (0-100),
     set for pairwise judges only, with the counts beside them as the leaderboards print them
-    (``n_wins``: preferred in both orders, ``n_draws``: split, ``n_losses``: baseline in both). Judge cost is kept apart from the config's own cost.
+    (``n_wins``: preferred in both orders, ``n_draws``: split, ``n_losses``: baseline in both).
+    ``lc_approximate`` is True when the LC fit had no per-instruction difficulty (some scored
+    item lacks ``metadata.instruction_difficulty``): alpaca_eval's minimal GLM, not its
+    leaderboard formula. ``per_turn`` is the score of each turn over the scored multi-turn
+    items (empty when no item has follow-ups). Judge cost is kept apart from the config's own
+    cost.
     """
 
     scorer: str
@@ -534,6 +599,8 @@ class EvalResult:
     win_rate: float | None = None
     win_rate_se: float | None = None
     lc_win_rate: float | None = None
+    lc_approximate: bool | None = None
+    per_turn: Mapping[int, Estimate] = field(default_factory=dict)
     n_wins: int | None = None
     n_draws: int | None = None
     n_losses: int | None = None
@@ -550,6 +617,11 @@ class EvalResult:
     def n_missing_field(self) -> int:
         return self.counts.get("missing_field", 0)
 
+    @property
+    def lc_note(self) -> str | None:
+        """What to print beside an LC win rate: ``None`` when it is alpaca_eval's formula."""
+        return LC_APPROXIMATE_NOTE if self.lc_approximate else None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (per-item values included, item details not)."""
         return {
@@ -562,6 +634,9 @@ class EvalResult:
             "win_rate": _finite_or_none(self.win_rate),
             "win_rate_se": _finite_or_none(self.win_rate_se),
             "lc_win_rate": _finite_or_none(self.lc_win_rate),
+            "lc_approximate": self.lc_approximate,
+            "lc_note": self.lc_note,
+            "per_turn": {str(k): v.to_dict() for k, v in self.per_turn.items()},
             "n_wins": self.n_wins, "n_draws": self.n_draws, "n_losses": self.n_losses,
         }
 
@@ -598,8 +673,13 @@ async def score_traces(scorer: Scorer, items: Dataset | Iterable[Item], traces: 
     async def one(trace: TraceLike) -> ItemScore:
         if trace.failed or trace.answer is None:
             return ItemScore(trace.item_id, None, "failed", trace.error or "no answer")
+        item, answers = lookup[trace.item_id], _turn_answers(trace)
         async with gate:
-            return await scorer.ascore(lookup[trace.item_id], trace.answer)
+            if len(answers) > 1 and scorer.grades_follow_ups:
+                turns = await asyncio.gather(*(scorer.ascore_turn(item, answers[:k])
+                                               for k in range(1, len(answers) + 1)))
+                return combine_turns(item.id, turns)
+            return await scorer.ascore(item, answers[0])
 
     scores = tuple(await asyncio.gather(*(one(t) for t in traces)))
 
@@ -619,19 +699,85 @@ async def score_traces(scorer: Scorer, items: Dataset | Iterable[Item], traces: 
         judge_calls=sum(s.judge_calls for s in scores),
         headline="accuracy" if isinstance(scorer, _ReferenceScorer) else "mean_score")
 
+    turn_scores: dict[int, list[float]] = {}
+    for s in scores:
+        for k, v in enumerate(s.turn_values, start=1):
+            if v is not None and s.value is not None:
+                turn_scores.setdefault(k, []).append(v)
+    if turn_scores:
+        result["per_turn"] = {k: bootstrap_ci(v, confidence, n_resamples, seed)
+                              for k, v in sorted(turn_scores.items())}
+
     if isinstance(scorer, PairwiseJudge):
-        answers = {t.item_id: t.answer or "" for t in traces}
-        len_candidate = [scorer.length(answers[s.item_id]) for s, _ in scored]
-        len_baseline = [scorer.length(item.baseline_output or "") for _, item in scored]
-        win_rate, win_rate_se = alpacaeval_win_rate([v + 1.0 for v in values])
-        lc = lc_win_rate_ci(values, len_candidate, len_baseline, confidence=confidence,
-                            n_resamples=lc_resamples, seed=seed)
-        result.update(win_rate=win_rate, win_rate_se=win_rate_se, lc_win_rate=lc.mean,
-                      headline=scorer.headline, n_wins=values.count(1.0),
-                      n_draws=values.count(0.5), n_losses=values.count(0.0))
+        answers = {t.item_id: _turn_answers(t)[0] if not t.failed else "" for t in traces}
+        rates = win_rates(values, [scorer.length(answers[s.item_id]) for s, _ in scored],
+                          [scorer.length(item.baseline_output or "") for _, item in scored],
+                          [item.instruction_difficulty for _, item in scored],
+                          confidence=confidence, n_resamples=lc_resamples, seed=seed)
+        result.update(rates.fields(), headline=scorer.headline)
         if scorer.headline == "lc_win_rate":
-            quality = _scaled(lc, 0.01)
+            quality = _scaled(rates.lc, 0.01)
     return EvalResult(quality=quality, **result)
+
+
+@dataclass(frozen=True)
+class WinRates:
+    """AlpacaEval's numbers for one model against a baseline: raw win rate and its standard
+    error, the LC win rate (with a bootstrap interval), and the win / draw / loss counts."""
+
+    win_rate: float
+    win_rate_se: float
+    lc: Estimate
+    lc_approximate: bool
+    n_wins: int
+    n_draws: int
+    n_losses: int
+
+    def fields(self) -> dict[str, Any]:
+        """The ``EvalResult`` fields these fill."""
+        return dict(win_rate=self.win_rate, win_rate_se=self.win_rate_se,
+                    lc_win_rate=self.lc.mean, lc_approximate=self.lc_approximate,
+                    n_wins=self.n_wins, n_draws=self.n_draws, n_losses=self.n_losses)
+
+
+def win_rates(preferences: Sequence[float], len_candidate: Sequence[float],
+              len_baseline: Sequence[float], difficulty: Sequence[float | None], *,
+              confidence: float = 0.95, n_resamples: int = 200, seed: int = 0) -> WinRates:
+    """Win rates from preferences in [0, 1] (1 = candidate preferred). The LC fit uses the
+    per-instruction difficulty only when every item has one (alpaca_eval's formula); with any
+    missing it falls back to the minimal GLM and says so (``lc_approximate``)."""
+    values = [float(v) for v in preferences]
+    known = None if any(d is None for d in difficulty) or not values \
+        else [float(d) for d in difficulty if d is not None]
+    win_rate, win_rate_se = alpacaeval_win_rate([v + 1.0 for v in values])
+    lc = lc_win_rate_ci(values, len_candidate, len_baseline, confidence=confidence,
+                        n_resamples=n_resamples, seed=seed, difficulty=known)
+    return WinRates(win_rate, win_rate_se, lc, known is None, n_wins=values.count(1.0),
+                    n_draws=values.count(0.5), n_losses=values.count(0.0))
+
+
+def annotated_win_rates(dataset: Dataset | Iterable[Item], *,
+                        length_unit: Literal["chars", "words"] = "chars",
+                        confidence: float = 0.95, n_resamples: int = 200,
+                        seed: int = 0) -> WinRates:
+    """Win rates from judgments already made: a set imported from an AlpacaEval
+    ``annotations.json`` (format ``alpacaeval_annotations``), whose items carry the model's
+    output and the decoded preference (1-2) in their metadata. Unannotated items are dropped,
+    as alpaca_eval drops them. Lengths are characters by default, as alpaca_eval counts them."""
+    def length(text: str) -> int:
+        return len(text) if length_unit == "chars" else len(text.split())
+
+    items = list(dataset)  # read twice below; a generator would be empty the second time
+    rows = [item for item in items if item.metadata.get("preference") is not None]
+    missing = [item.id for item in items if "output" not in item.metadata]
+    if missing:
+        raise ConfigError(f"item {missing[0]!r} has no metadata.output: import the file with "
+                          f"--format alpacaeval_annotations", field="metadata.output")
+    return win_rates([float(i.metadata["preference"]) - 1.0 for i in rows],
+                     [length(str(i.metadata["output"])) for i in rows],
+                     [length(i.baseline_output or "") for i in rows],
+                     [i.instruction_difficulty for i in rows],
+                     confidence=confidence, n_resamples=n_resamples, seed=seed)
 
 
 # ---- registry -------------------------------------------------------------------------------

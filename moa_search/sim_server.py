@@ -9,7 +9,18 @@ be replayed.
 Wire format: ``POST /v1/chat/completions`` answers in OpenAI's ``chat.completion`` shape, plus
 three non-standard fields a stock client ignores: ``x_simulated`` (the completion came from the
 simulated world), ``x_latency_s`` (the latency the provider reports, e.g. simulated seconds) and,
-in requests, ``x_sample_index`` (which Self-MoA sample to reproduce; default 0).
+in requests, ``x_sample_index`` (which Self-MoA sample to reproduce; default: the request's
+``seed`` modulo 2**31, else 0). ``stop`` cuts the answer as OpenAI does (usage counts what is
+returned); ``top_p`` is checked and forwarded, but the simulated world models temperature only,
+so it does not change an answer.
+
+Streaming (``stream: true``): OpenAI's ``chat.completion.chunk`` server-sent events, about one
+token (4 characters) a chunk. With sleeping on (``sleep_latency`` / ``latency_override_s``) the
+latency is spread as a real server spends it: the time to first token (the completion's
+``ttft_s`` share of it) before the first chunk, the rest evenly over the tokens, so a client
+sees the first token early and the last at the full latency. ``stream_options.include_usage``
+adds OpenAI's usage chunk; the last chunk with a ``finish_reason`` carries ``x_simulated`` and
+``x_latency_s``.
 """
 
 from __future__ import annotations
@@ -32,14 +43,16 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from . import chat_params
 from .catalog import Catalog
 from .config import DEFAULT_MAX_TOKENS
 from .errors import ConfigError, MoASearchError, UnknownModelError
 from .serving import BodyTooLarge, ClientGone, ConnectionLimits, listen, read_body, uvicorn_config
 from .providers.base import ChatRequest, Completion, Message, Provider, ProviderError
+from .providers.sim_model import CHARS_PER_TOKEN
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +71,7 @@ answers normally but leaves out ``usage`` (a client must refuse to count such a 
 
 _ROLES = {"system", "user", "assistant", "developer"}
 _DEFAULT_TEMPERATURE = 1.0  # OpenAI's documented default when a client omits it
+STREAM_CHUNK_CHARS = CHARS_PER_TOKEN  # one simulated token a chunk
 _NOT_JSON = object()
 
 
@@ -331,8 +345,6 @@ def _parse_chat_request(body: Any) -> ChatRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise _BadRequest(400, "'model' must be a non-empty string", param="model")
-    if body.get("stream"):
-        raise _BadRequest(400, "streaming is not supported by the sim-server", param="stream")
     n = body.get("n", 1)
     if n != 1 or isinstance(n, bool):
         raise _BadRequest(400, "only n = 1 is supported", param="n")
@@ -351,25 +363,19 @@ def _parse_chat_request(body: Any) -> ChatRequest:
         if not isinstance(content, str):
             raise _BadRequest(400, "content must be a string", param=f"messages[{i}].content")
         messages.append(Message("system" if role == "developer" else role, content))
-    temperature = body.get("temperature", _DEFAULT_TEMPERATURE)
-    if temperature is None:
-        temperature = _DEFAULT_TEMPERATURE
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
-        raise _BadRequest(400, f"temperature must be a number in 0 .. 2, got {temperature!r}",
-                          param="temperature")
-    max_tokens_key = "max_tokens" if "max_tokens" in body else "max_completion_tokens"
-    max_tokens = body.get(max_tokens_key)
-    if max_tokens is None:
-        max_tokens = DEFAULT_MAX_TOKENS
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise _BadRequest(400, f"{max_tokens_key} must be an integer >= 1, got {max_tokens!r}",
-                          param=max_tokens_key)
-    sample_index = body.get("x_sample_index", 0)
+    try:
+        temperature = chat_params.temperature(body)
+        max_tokens = chat_params.max_tokens(body)
+        top_p, stop, seed = chat_params.top_p(body), chat_params.stop(body), chat_params.seed(body)
+    except chat_params.ParamError as exc:
+        raise _BadRequest(400, str(exc), param=exc.param) from None
+    sample_index = body.get("x_sample_index", 0 if seed is None else seed % 2**31)
     if isinstance(sample_index, bool) or not isinstance(sample_index, int) or sample_index < 0:
         raise _BadRequest(400, f"x_sample_index must be an integer >= 0, got {sample_index!r}",
                           param="x_sample_index")
     try:
-        return ChatRequest(model, tuple(messages), float(temperature), max_tokens, sample_index)
+        return ChatRequest(model, tuple(messages), _DEFAULT_TEMPERATURE if temperature is None else temperature,
+                           max_tokens or DEFAULT_MAX_TOKENS, sample_index, top_p, stop, seed)
     except MoASearchError as exc:
         raise _BadRequest(400, str(exc), param="messages") from None
 
@@ -412,6 +418,10 @@ async def _chat(state: _AppState, request: Request) -> Response:
     if kind in ("429", "503", "500", "malformed"):
         return _fault_response(state, kind)
     chat_request = _parse_chat_request(body)
+    try:
+        stream, include_usage = chat_params.stream(body)
+    except chat_params.ParamError as exc:
+        raise _BadRequest(400, str(exc), param=exc.param) from None
     if state.catalog is not None and chat_request.model not in state.catalog:
         raise _BadRequest(404, f"The model '{chat_request.model}' does not exist", param="model",
                           code="model_not_found")
@@ -424,10 +434,56 @@ async def _chat(state: _AppState, request: Request) -> Response:
         raise _BadRequest(502, f"upstream provider failed: {exc}", type_="server_error") from None
     except MoASearchError as exc:
         raise _BadRequest(400, str(exc)) from None
+    delay = 0.0
     if state.sleep_latency:
         delay = state.latency_override_s if state.latency_override_s is not None else completion.latency_s
-        await state.sleep(delay)
+    if stream:
+        return StreamingResponse(_stream_body(state, completion, delay, include_usage and kind != "no_usage"),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    await state.sleep(delay)
     return JSONResponse(_completion_body(completion, include_usage=kind != "no_usage"))
+
+
+async def _stream_body(state: _AppState, completion: Completion, delay_s: float,
+                       include_usage: bool) -> AsyncIterator[bytes]:
+    """The completion as chunks, ``delay_s`` spread as the module docstring says: each piece is
+    sent when it is due (all the overdue ones together), never earlier."""
+    created, completion_id = int(time.time()), f"chatcmpl-sim-{uuid.uuid4().hex[:24]}"
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                "model": completion.model, "choices": choices, **extra}
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
+
+    def delta(**fields: Any) -> list[dict[str, Any]]:
+        return [{"index": 0, "delta": fields, "finish_reason": None, "logprobs": None}]
+
+    text = completion.text
+    pieces = [text[i:i + STREAM_CHUNK_CHARS] for i in range(0, len(text), STREAM_CHUNK_CHARS)]
+    share = (completion.ttft_s or 0.0) / completion.latency_s if completion.latency_s > 0 else 0.0
+    first_s = delay_s * min(1.0, share)
+    per_piece_s = (delay_s - first_s) / max(1, len(pieces))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    yield chunk(delta(role="assistant", content=""))
+    await state.sleep(first_s)
+    sent = 0
+    while sent < len(pieces):
+        elapsed = loop.time() - start - first_s
+        due = len(pieces) if per_piece_s <= 0 else int(elapsed / per_piece_s) + 1
+        upto = max(sent + 1, min(len(pieces), due))
+        yield chunk(delta(content="".join(pieces[sent:upto])))
+        sent = upto
+        if sent < len(pieces):
+            await state.sleep(start + first_s + sent * per_piece_s - loop.time())
+    await state.sleep(start + delay_s - loop.time())  # the last token's share of the time
+    yield chunk([{"index": 0, "delta": {}, "finish_reason": completion.finish_reason, "logprobs": None}],
+                x_simulated=completion.simulated, x_latency_s=completion.latency_s)
+    if include_usage:
+        u = completion.usage
+        yield chunk([], usage={"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+                               "total_tokens": u.total_tokens})
+    yield b"data: [DONE]\n\n"
 
 
 def _completion_body(completion: Completion, *, include_usage: bool = True) -> dict[str, Any]:

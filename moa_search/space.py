@@ -19,6 +19,10 @@ Parameterisation (why it looks like this):
 * Self-MoA ("same": one model sampled ``n`` times) uses ``self_model`` and ``n_proposers``;
   mode "both" adds a ``proposer_mode`` choice. With one proposer the two modes coincide and
   produce the same config hash.
+* ``prompt_styles`` (default ``["moa"]``) lists the prompt styles to try; a ``prompt_style``
+  parameter is suggested only when there are several, so studies without the key keep their
+  parameters (and their stored trials) exactly. Archon-style proposers are in the sorted order
+  the set gets here, and that order is part of the config.
 * The grid sampler needs a Cartesian product, which conditional parameters are not; for it the
   space offers an *indexed* encoding: one categorical ``config`` whose choices are the hashes
   of ``enumerate_configs()``.
@@ -32,7 +36,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Sequence
 
-from .config import DEFAULT_MAX_TOKENS, DEFAULT_PROMPT_TEMPLATE, DEFAULT_TEMPERATURE, AgentSpec, MoAConfig
+from .config import (DEFAULT_MAX_TOKENS, DEFAULT_PROMPT_STYLE, DEFAULT_TEMPERATURE, PROMPT_STYLES, AgentSpec,
+                     MoAConfig)
 from .errors import ConfigError
 
 if TYPE_CHECKING:  # optuna is only needed by callers that actually suggest
@@ -51,12 +56,13 @@ P_MODE = "proposer_mode"
 P_SELF_MODEL = "self_model"
 P_N_PROPOSERS = "n_proposers"
 P_USE_PREFIX = "use:"
+P_STYLE = "prompt_style"
 P_GRID = "config"
 
 DEFAULT_ENUMERATION_LIMIT = 20_000
 
 _SPACE_KEYS = {"models", "aggregators", "layers", "proposers", "proposer_mode", "temperatures",
-               "max_tokens"}
+               "max_tokens", "prompt_styles"}
 
 
 class OutsideSpaceError(ConfigError):
@@ -75,6 +81,7 @@ class SearchSpace:
     temperatures: tuple[float, ...] = (DEFAULT_TEMPERATURE,)
     max_tokens: int = DEFAULT_MAX_TOKENS
     source: str | None = None
+    prompt_styles: tuple[str, ...] = (DEFAULT_PROMPT_STYLE,)
 
     def __post_init__(self) -> None:
         src = self.source
@@ -98,6 +105,15 @@ class SearchSpace:
                 raise ConfigError(f"duplicate temperature {t}", source=src, field=f"space.temperatures[{i}]")
             clean.append(float(t))
         object.__setattr__(self, "temperatures", tuple(clean))
+        styles = self.prompt_styles
+        if not isinstance(styles, (tuple, list)) or not styles:
+            raise ConfigError("expected a non-empty list of prompt styles", source=src,
+                              field="space.prompt_styles")
+        for i, style in enumerate(styles):
+            if not isinstance(style, str) or style not in PROMPT_STYLES or style in styles[:i]:
+                raise ConfigError(f"expected distinct values of {list(PROMPT_STYLES)}, got {style!r}",
+                                  source=src, field=f"space.prompt_styles[{i}]")
+        object.__setattr__(self, "prompt_styles", tuple(styles))
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or not (
                 1 <= self.max_tokens <= 1_000_000):
             raise ConfigError(f"expected an integer in 1 .. 1000000, got {self.max_tokens!r}",
@@ -131,7 +147,7 @@ class SearchSpace:
             if key not in data:
                 raise ConfigError("missing required key", source=source, field=f"space.{key}")
         kwargs: dict[str, Any] = {"source": source}
-        for key in ("models", "aggregators", "temperatures"):
+        for key in ("models", "aggregators", "temperatures", "prompt_styles"):
             if key in data:
                 value = data[key]
                 if not isinstance(value, list):
@@ -175,12 +191,17 @@ class SearchSpace:
         return AgentSpec(model, temperature=temperature, max_tokens=self.max_tokens)
 
     def _build(self, layers: int, aggregator: str, temperature: float,
-               proposers: Sequence[str]) -> MoAConfig:
+               proposers: Sequence[str], style: str = DEFAULT_PROMPT_STYLE) -> MoAConfig:
         agg = self._agent(aggregator, temperature)
         if layers == 1:
-            return MoAConfig((), agg)
+            return MoAConfig((), agg, prompt_style=style)
         layer = tuple(self._agent(m, temperature) for m in proposers)
-        return MoAConfig((layer,) * (layers - 1), agg)
+        return MoAConfig((layer,) * (layers - 1), agg, prompt_style=style)
+
+    def _suggest_style(self, trial: "optuna.trial.BaseTrial") -> str:
+        if len(self.prompt_styles) == 1:
+            return self.prompt_styles[0]
+        return str(trial.suggest_categorical(P_STYLE, list(self.prompt_styles)))
 
     # ---- Optuna suggestions ----------------------------------------------------------------
 
@@ -189,17 +210,18 @@ class SearchSpace:
         layers = trial.suggest_int(P_LAYERS, self.layers[0], self.layers[1])
         aggregator = trial.suggest_categorical(P_AGGREGATOR, list(self.aggregators))
         temperature = trial.suggest_categorical(P_TEMPERATURE, list(self.temperatures))
+        style = self._suggest_style(trial)
         if layers == 1:
-            return self._build(1, aggregator, temperature, ())
+            return self._build(1, aggregator, temperature, (), style)
         mode = self.proposer_mode
         if mode == "both":
             mode = trial.suggest_categorical(P_MODE, ["distinct", "same"])
         if mode == "same":
             model = trial.suggest_categorical(P_SELF_MODEL, list(self.models))
             n = trial.suggest_int(P_N_PROPOSERS, self.proposers[0], self.proposers[1])
-            return self._build(layers, aggregator, temperature, [model] * n)
+            return self._build(layers, aggregator, temperature, [model] * n, style)
         picked = [m for m in self.models if trial.suggest_categorical(P_USE_PREFIX + m, [False, True])]
-        return self._build(layers, aggregator, temperature, self.repair(picked))
+        return self._build(layers, aggregator, temperature, self.repair(picked), style)
 
     def repair(self, picked: Sequence[str]) -> tuple[str, ...]:
         """Bring a distinct proposer set within ``proposers`` bounds, deterministically.
@@ -242,7 +264,9 @@ class SearchSpace:
         """Why ``config`` is not in this space, or None when it is."""
         if not self.layers[0] <= config.n_layers <= self.layers[1]:
             return f"{config.n_layers} layer(s), the space allows {self.layers[0]}..{self.layers[1]}"
-        if config.prompt_template != DEFAULT_PROMPT_TEMPLATE:
+        if config.prompt_style not in self.prompt_styles:
+            return f"prompt style {config.prompt_style!r} is not among {list(self.prompt_styles)}"
+        if config.prompt_template != PROMPT_STYLES[config.prompt_style]:
             return f"prompt template {config.prompt_template!r} is not searched"
         agents = [config.aggregator] + [a for layer in config.proposer_layers for a in layer]
         temps = {a.temperature for a in agents}
@@ -257,6 +281,8 @@ class SearchSpace:
         if not config.proposer_layers:
             return None
         first = config.proposer_layers[0]
+        if config.prompt_style != DEFAULT_PROMPT_STYLE and list(first) != sorted(first, key=AgentSpec.sort_key):
+            return "proposers out of the sorted order the space builds (the order matters in this style)"
         if any(layer != first for layer in config.proposer_layers):
             return "proposer layers differ (the space uses one proposer set for every layer)"
         models = [a.model for a in first]
@@ -295,6 +321,8 @@ class SearchSpace:
             return {P_GRID: config.config_hash}
         params: dict[str, Any] = {P_LAYERS: config.n_layers, P_AGGREGATOR: config.aggregator.model,
                                   P_TEMPERATURE: config.aggregator.temperature}
+        if len(self.prompt_styles) > 1:
+            params[P_STYLE] = config.prompt_style
         if not config.proposer_layers:
             return params
         models = [a.model for a in config.proposer_layers[0]]
@@ -311,7 +339,8 @@ class SearchSpace:
         return params
 
     def adapt(self, config: MoAConfig) -> MoAConfig:
-        """The same structure with this space's sampling parameters (first temperature, max_tokens).
+        """The same structure with this space's sampling parameters (first temperature, max_tokens)
+        and, when the space does not search the config's prompt style, its first style.
 
         Why: the paper's presets use temperature 0.7 and 2048 tokens; a space searching at other
         settings still wants their *structure* as a starting point.
@@ -323,8 +352,11 @@ class SearchSpace:
         def fix(agent: AgentSpec) -> AgentSpec:
             return replace(agent, temperature=temperature, max_tokens=self.max_tokens)
 
+        style, template = config.prompt_style, config.prompt_template
+        if style not in self.prompt_styles:  # the structure, in the style the space searches
+            style, template = self.prompt_styles[0], ""
         return MoAConfig(tuple(tuple(fix(a) for a in layer) for layer in config.proposer_layers),
-                         fix(config.aggregator), config.prompt_template)
+                         fix(config.aggregator), template, style)
 
     # ---- enumeration ---------------------------------------------------------------------
 
@@ -356,7 +388,7 @@ class SearchSpace:
             n_sets += m * (per_model - overlap)
         deep_layers = max(0, self.layers[1] - max(self.layers[0], 2) + 1)
         singles = 1 if self.layers[0] == 1 else 0
-        per_head = len(self.aggregators) * len(self.temperatures)
+        per_head = len(self.aggregators) * len(self.temperatures) * len(self.prompt_styles)
         return per_head * (singles + deep_layers * n_sets)
 
     def enumerate_configs(self, limit: int = DEFAULT_ENUMERATION_LIMIT) -> list[MoAConfig]:
@@ -372,11 +404,12 @@ class SearchSpace:
         for layers in range(self.layers[0], self.layers[1] + 1):
             for aggregator in self.aggregators:
                 for temperature in self.temperatures:
-                    for proposers in (sets if layers > 1 else [()]):
-                        config = self._build(layers, aggregator, temperature, proposers)
-                        if config.config_hash not in seen:
-                            seen.add(config.config_hash)
-                            out.append(config)
+                    for style in self.prompt_styles:
+                        for proposers in (sets if layers > 1 else [()]):
+                            config = self._build(layers, aggregator, temperature, proposers, style)
+                            if config.config_hash not in seen:
+                                seen.add(config.config_hash)
+                                out.append(config)
         return out
 
 

@@ -20,15 +20,23 @@ from typing import Iterable, Literal, Sequence
 import numpy as np
 from scipy import optimize, special, stats
 
-__all__ = ["Estimate", "PairedResult", "TargetCheck", "alpacaeval_win_rate", "at_least",
-           "bootstrap_ci", "length_controlled_win_rate", "lc_win_rate_ci", "paired_comparison",
-           "per_category"]
+__all__ = ["LC_APPROXIMATE_NOTE", "LC_L2", "Estimate", "PairedResult", "TargetCheck",
+           "alpacaeval_win_rate", "at_least", "bootstrap_ci", "decode_alpacaeval_preferences",
+           "length_controlled_win_rate", "lc_win_rate_ci", "paired_comparison", "per_category"]
 
 NAN = float("nan")
 # Resamples x items held in memory at once; BCa's jackknife is n x n, so this caps it for big n.
 _BATCH_CELLS = 2_000_000
 # A token ridge on the LC intercept: keeps an all-wins fit finite, biases nothing measurable.
 _INTERCEPT_L2 = 1e-8
+#: The ridge on the LC length (and difficulty) coefficients. alpaca_eval's GLM is an
+#: almost-unpenalised fit (liblinear L1 with C=100, i.e. 0.01 per unit of summed log-loss); the
+#: same 0.01 here only keeps a fit finite where length separates wins from losses, and moves the
+#: LC win rate by far less than a point. (It was 1.0 before; that moved it up to ~12 points.)
+LC_L2 = 0.01
+#: Said wherever an LC win rate without per-instruction difficulty is shown: alpaca_eval's
+#: leaderboard number also has a difficulty term (and a pull toward length-gamed baselines).
+LC_APPROXIMATE_NOTE = "approximate: no instruction difficulty"
 
 
 @dataclass(frozen=True)
@@ -209,22 +217,39 @@ def per_category(values: Sequence[float] | np.ndarray, categories: Sequence[str]
 
 # ---- AlpacaEval-style win rates ------------------------------------------------------------
 
-def alpacaeval_win_rate(preferences: Sequence[float] | np.ndarray) -> tuple[float, float]:
+def decode_alpacaeval_preferences(preferences: Sequence[float] | np.ndarray, *,
+                                  zero_is_draw: bool = False) -> np.ndarray:
+    """AlpacaEval preferences as floats in [1, 2] (NaN = unannotated, kept).
+
+    1 = the baseline wins, 2 = the candidate wins, 1.5 = a draw, fractions are soft preferences.
+    AlpacaEval 1.0 annotation files write a draw as 0, which alpaca_eval itself reads as 1.5;
+    ``zero_is_draw`` does the same. It is off by default because, in a list of numbers of
+    unknown origin, a 0 more likely means 0/1-encoded preferences passed by mistake: then any
+    value outside [1, 2] raises ``ValueError``.
+    """
+    arr = np.asarray(preferences, dtype=float).ravel().copy()
+    if zero_is_draw:
+        arr[arr == 0.0] = 1.5
+    known = arr[~np.isnan(arr)]
+    bad = known[(known < 1.0) | (known > 2.0)]
+    if bad.size:
+        draw = " or 0 = draw (AlpacaEval 1.0)" if zero_is_draw else ""
+        raise ValueError(f"AlpacaEval preferences must be in [1, 2] (1 = baseline wins, "
+                         f"2 = candidate wins, 1.5 = draw){draw}; got {bad[:3].tolist()}")
+    return arr
+
+
+def alpacaeval_win_rate(preferences: Sequence[float] | np.ndarray, *,
+                        zero_is_draw: bool = False) -> tuple[float, float]:
     """``(win_rate, standard_error)`` in percent, computed as AlpacaEval computes them.
 
-    Preferences use AlpacaEval's encoding: 1 = the baseline wins, 2 = the candidate wins,
-    1.5 = a draw (fractional values are soft preferences). ``win_rate = mean((p - 1) * 100)``
-    and ``standard_error`` is the standard error of that mean (``scipy.stats.sem``, ddof=1).
-    Missing preferences (NaN) are dropped, as AlpacaEval drops unannotated items. AlpacaEval's
-    legacy 0-for-draw is *not* accepted: a 0 more likely means 0/1-encoded preferences were
-    passed by mistake, so values outside [1, 2] raise ``ValueError``.
+    Preferences are decoded by ``decode_alpacaeval_preferences`` (``zero_is_draw`` for
+    AlpacaEval 1.0 files). ``win_rate = mean((p - 1) * 100)`` and ``standard_error`` is the
+    standard error of that mean (``scipy.stats.sem``, ddof=1). Missing preferences (NaN) are
+    dropped, as AlpacaEval drops unannotated items.
     """
-    arr = np.asarray(preferences, dtype=float).ravel()
+    arr = decode_alpacaeval_preferences(preferences, zero_is_draw=zero_is_draw)
     arr = arr[~np.isnan(arr)]
-    bad = arr[(arr < 1.0) | (arr > 2.0)]
-    if bad.size:
-        raise ValueError(f"AlpacaEval preferences must be in [1, 2] (1 = baseline wins, "
-                         f"2 = candidate wins); got {bad[:3].tolist()}")
     if arr.size == 0:
         return NAN, NAN
     scaled = (arr - 1.0) * 100.0
@@ -233,92 +258,116 @@ def alpacaeval_win_rate(preferences: Sequence[float] | np.ndarray) -> tuple[floa
 
 def _lc_features(len_candidate: np.ndarray, len_baseline: np.ndarray) -> np.ndarray:
     """tanh(length difference / its standard deviation): bounded, so a few huge outputs cannot
-    dominate the fit (AlpacaEval LC uses the same normalisation)."""
+    dominate the fit. As alpaca_eval: the sample standard deviation (ddof=1, pandas' default);
+    its sign convention (baseline minus model) only flips the slope, since tanh is odd."""
     delta = len_candidate - len_baseline
-    if delta.size == 0:
-        return delta
-    sd = float(np.std(delta))
+    if delta.size < 2:
+        return np.zeros_like(delta)
+    sd = float(np.std(delta, ddof=1))
     if sd == 0.0:
         return np.zeros_like(delta)
     return np.tanh(delta / sd)
 
 
-def _fit_lc(p: np.ndarray, z: np.ndarray, l2: float) -> float:
-    """Fit ``P(candidate wins) = sigmoid(b0 + b1 * z)`` to soft labels; return sigmoid(b0).
+def _fit_glm(p: np.ndarray, x: np.ndarray, penalty: np.ndarray) -> np.ndarray:
+    """Fit ``P(candidate wins) = sigmoid(x @ theta)`` to soft labels ``p``; return ``theta``.
 
-    The length slope ``b1`` gets a light ridge penalty ``l2`` (it keeps the fit finite when
-    length separates wins from losses). The intercept gets only a token penalty
-    (``_INTERCEPT_L2``, to keep an all-wins record finite): penalising it properly would bias
-    the headline number, and without a length effect (equal lengths) the intercept alone then
-    reproduces the raw win rate. Newton steps (trust-exact, exact Hessian): two parameters, so
-    each fit is a handful of 2x2 solves, cheap enough to refit inside a bootstrap.
+    The soft-label log-loss is what alpaca_eval minimises by duplicating each row as a win
+    weighted ``p`` and a loss weighted ``1 - p``. ``penalty`` is a per-coefficient ridge.
+    Newton steps (trust-exact, exact Hessian): two or three parameters, so each fit is a handful
+    of small solves, cheap enough to refit inside a bootstrap.
     """
-    penalty = np.array([_INTERCEPT_L2, l2])
-
     def loss(theta: np.ndarray) -> float:
-        eta = theta[0] + theta[1] * z
+        eta = x @ theta
         # log(1 + e^eta) - p * eta is the soft-label logistic loss, computed stably.
         return float(np.sum(np.logaddexp(0.0, eta) - p * eta) + 0.5 * penalty @ theta ** 2)
 
     def grad(theta: np.ndarray) -> np.ndarray:
-        resid = special.expit(theta[0] + theta[1] * z) - p
-        return np.array([resid.sum(), resid @ z]) + penalty * theta
+        return x.T @ (special.expit(x @ theta) - p) + penalty * theta
 
     def hess(theta: np.ndarray) -> np.ndarray:
-        mu = special.expit(theta[0] + theta[1] * z)
-        w = mu * (1.0 - mu)
-        wz = float(w @ z)
-        return np.array([[w.sum(), wz], [wz, float(w @ (z * z))]]) + np.diag(penalty)
+        mu = special.expit(x @ theta)
+        return (x * (mu * (1.0 - mu))[:, None]).T @ x + np.diag(penalty)
 
-    res = optimize.minimize(loss, np.zeros(2), jac=grad, hess=hess, method="trust-exact",
-                            options={"gtol": 1e-9})
-    return float(special.expit(res.x[0]))
+    res = optimize.minimize(loss, np.zeros(x.shape[1]), jac=grad, hess=hess,
+                            method="trust-exact", options={"gtol": 1e-9})
+    return np.asarray(res.x)
+
+
+def _fit_lc(p: np.ndarray, z: np.ndarray, difficulty: np.ndarray | None, l2: float) -> float:
+    """The LC win rate (a fraction): fit the GLM, then predict with the length term zeroed.
+
+    Columns: an intercept (alpaca_eval's ``not_gamed_baseline``, 1 for every row), the length
+    term ``z`` and, when given, the instruction difficulty. The intercept gets only a token
+    penalty (``_INTERCEPT_L2``, to keep an all-wins record finite): penalising it would bias the
+    headline number; ``l2`` applies to the other coefficients. The prediction is the mean over
+    items of ``sigmoid(b0 + b_d * difficulty_i)``, i.e. ``sigmoid(b0)`` without difficulty.
+    """
+    columns = [np.ones_like(z), z] + ([difficulty] if difficulty is not None else [])
+    x = np.column_stack(columns)
+    penalty = np.array([_INTERCEPT_L2] + [l2] * (len(columns) - 1))
+    theta = _fit_glm(p, x, penalty)
+    x[:, 1] = 0.0
+    return float(np.mean(special.expit(x @ theta)))
 
 
 def _lc_inputs(preferences: Sequence[float] | np.ndarray, len_candidate: Sequence[float] | np.ndarray,
-               len_baseline: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+               len_baseline: Sequence[float] | np.ndarray,
+               difficulty: Sequence[float] | np.ndarray | None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     p = _as_array(preferences, "preferences")
     lc, lb = _as_array(len_candidate, "len_candidate"), _as_array(len_baseline, "len_baseline")
     if not (p.size == lc.size == lb.size):
         raise ValueError(f"got {p.size} preferences, {lc.size} candidate and {lb.size} baseline lengths")
     if np.any((p < 0.0) | (p > 1.0)):
         raise ValueError("preferences must be in [0, 1] (1 = candidate preferred)")
-    return p, _lc_features(lc, lb)
+    d = None
+    if difficulty is not None:
+        d = _as_array(difficulty, "difficulty")
+        if d.size != p.size:
+            raise ValueError(f"got {p.size} preferences but {d.size} instruction difficulties")
+    return p, _lc_features(lc, lb), d
 
 
 def length_controlled_win_rate(preferences: Sequence[float] | np.ndarray,
                                len_candidate: Sequence[float] | np.ndarray,
                                len_baseline: Sequence[float] | np.ndarray, *,
-                               l2: float = 1.0) -> float:
-    """AlpacaEval-style length-controlled win rate, in percent.
+                               difficulty: Sequence[float] | np.ndarray | None = None,
+                               l2: float = LC_L2) -> float:
+    """AlpacaEval's length-controlled win rate, in percent.
 
     Judges favour longer answers; a config that wins by padding should not look better. The
     preference (0-1, 1 = candidate preferred) is regressed on the normalised length difference
-    with an intercept, and the win rate is read off at zero length difference. With only two
-    parameters (no per-instruction term) this is a simplified AlpacaEval LC; it keeps the
-    property that matters: wins explained by length are discounted toward 50.
+    (and, when ``difficulty`` gives alpaca_eval's per-instruction difficulty, on it too), and
+    the win rate is predicted with the length difference set to zero. With ``difficulty`` this
+    is alpaca_eval's ``length_controlled_v1`` GLM fitted to this model alone (its extra
+    regularisation toward two length-gamed baselines needs their annotations, which are not
+    here). Without it, it is alpaca_eval's minimal GLM (length + intercept): an approximation
+    of the leaderboard's number, which ``LC_APPROXIMATE_NOTE`` says wherever it is shown.
     """
-    p, z = _lc_inputs(preferences, len_candidate, len_baseline)
+    p, z, d = _lc_inputs(preferences, len_candidate, len_baseline, difficulty)
     if p.size == 0:
         return NAN
-    return 100.0 * _fit_lc(p, z, l2)
+    return 100.0 * _fit_lc(p, z, d, l2)
 
 
 def lc_win_rate_ci(preferences: Sequence[float] | np.ndarray,
                    len_candidate: Sequence[float] | np.ndarray,
                    len_baseline: Sequence[float] | np.ndarray, *, confidence: float = 0.95,
-                   n_resamples: int = 200, seed: int = 0, l2: float = 1.0) -> Estimate:
+                   n_resamples: int = 200, seed: int = 0,
+                   difficulty: Sequence[float] | np.ndarray | None = None,
+                   l2: float = LC_L2) -> Estimate:
     """The LC win rate (percent) with a percentile bootstrap interval over items.
 
     Each resample refits the regression, so the default uses fewer resamples than
     ``bootstrap_ci``; ``stderr`` is the standard deviation of the bootstrap LC values.
     """
     _check_confidence(confidence)
-    p, z = _lc_inputs(preferences, len_candidate, len_baseline)
+    p, z, d = _lc_inputs(preferences, len_candidate, len_baseline, difficulty)
     n = int(p.size)
     if n == 0:
         return Estimate(NAN, NAN, NAN, 0, NAN, confidence)
-    point = 100.0 * _fit_lc(p, z, l2)
+    point = 100.0 * _fit_lc(p, z, d, l2)
     if n == 1:
         return Estimate(point, NAN, NAN, 1, NAN, confidence)
     if np.ptp(p) == 0.0:
@@ -327,7 +376,7 @@ def lc_win_rate_ci(preferences: Sequence[float] | np.ndarray,
     boot = np.empty(n_resamples)
     for k in range(n_resamples):
         idx = rng.integers(0, n, size=n)
-        boot[k] = 100.0 * _fit_lc(p[idx], z[idx], l2)
+        boot[k] = 100.0 * _fit_lc(p[idx], z[idx], None if d is None else d[idx], l2)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(boot, [alpha, 1.0 - alpha])
     return Estimate(point, float(low), float(high), n, float(np.std(boot, ddof=1)), confidence)
@@ -358,3 +407,58 @@ def confidence_at_least(values: Iterable[float], target: float) -> float:
         return 1.0 if mean >= target else 0.0
     return float(stats.t.cdf((mean - target) / (sd / math.sqrt(x.size)), x.size - 1))
 
+
+
+def _bernoulli_kl(p: float, q: float) -> float:
+    """KL(Bernoulli(p) || Bernoulli(q)), with 0 log 0 = 0."""
+    out = 0.0
+    if p > 0:
+        out += p * math.log(p / q)
+    if p < 1:
+        out += (1 - p) * math.log((1 - p) / (1 - q))
+    return out
+
+
+def bounded_p_at_least(values: Iterable[float], target: float) -> float:
+    """A p-value for "the mean is at least ``target``" from values in [0, 1]: ``exp(-n KL(mean ||
+    target))`` when the observed mean is below the target (for 0/1 values the exact binomial
+    tail ``P(Bin(n, target) <= successes)``, which that bound majorises), else 1.
+
+    Hoeffding's (1963, Theorem 1) Chernoff bound: valid for any independent values in [0, 1]
+    (not only 0/1 scores) and, by his Section 6, for items drawn without replacement from a
+    finite set, the case of a study's first items. Unlike the Student-t bound it makes no
+    normality assumption, and it is much sharper near 0 or 1, where a t interval of 0/1 scores
+    is both invalid and wide: 12 of 16 right excludes a mean of 0.96 at p = 0.015, which the t
+    bound (upper 0.97 at 0.95) cannot. Returns nan for values outside [0, 1] (no such bound)."""
+    x = np.asarray(list(values), dtype=float)
+    if x.size == 0 or np.any(x < 0) or np.any(x > 1):
+        return math.nan
+    if not 0 < target <= 1:
+        return 1.0 if target <= 0 else 0.0
+    mean = float(x.mean())
+    if mean >= target:
+        return 1.0
+    if np.all((x == 0) | (x == 1)):  # 0/1 scores: the exact binomial tail, never above the bound
+        return float(stats.binom.cdf(int(x.sum()), x.size, target))
+    return math.exp(-x.size * _bernoulli_kl(mean, target))
+
+
+def paired_p_below_zero(diffs: Iterable[float]) -> float:
+    """A p-value for "the mean paired difference is at least 0" (so a small value says the
+    first config is worse), or nan when no bound without a normality assumption applies.
+
+    Differences of 0/1 scores are -1, 0 or 1, and then the mean is ``P(+1) - P(-1)``: the exact
+    sign test on the discordant pairs (McNemar's, one-sided) is valid and the most powerful. For
+    graded scores in [0, 1] (differences in [-1, 1]) it is ``bounded_p_at_least`` of
+    ``(d + 1) / 2`` against 1/2. A Student-t bound is neither: three discordant pairs out of
+    sixteen, all one way, give a t upper bound below 0 (p < 0.05) where the sign test gives
+    p = 0.125, and such a stop had discarded true-front configs in the benchmark."""
+    d = np.asarray(list(diffs), dtype=float)
+    if d.size == 0 or np.any(np.abs(d) > 1):
+        return math.nan
+    if np.all(np.isin(d, (-1.0, 0.0, 1.0))):
+        wins, losses = int(np.sum(d > 0)), int(np.sum(d < 0))
+        if wins >= losses:
+            return 1.0
+        return float(stats.binom.cdf(wins, wins + losses, 0.5))
+    return bounded_p_at_least((d + 1) / 2, 0.5)

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 from .catalog import Catalog
 from .datasets import Dataset, answer_key_pairs
 from .errors import ConfigError, MoASearchError, WorkFailedError
-from .evaluate import DatasetEvaluator
+from .evaluate import DatasetEvaluator, ItemProgress
 from .preset import PresetFile, Provenance, from_config
 from .search import (StudyResult, TrialEvent, TrialRecord, load_result, prepare_study_async,
                      run_study_async)
@@ -57,7 +57,8 @@ class EndpointOverrides:
 
 
 def make_evaluator(spec: StudySpec, data: StudyData, catalog: Catalog | None = None,
-                   overrides: EndpointOverrides = EndpointOverrides()) -> tuple[DatasetEvaluator, CallStore]:
+                   overrides: EndpointOverrides = EndpointOverrides(),
+                   progress: ItemProgress | None = None) -> tuple[DatasetEvaluator, CallStore]:
     """The simulated world is told the references of the study's items (its answer key)."""
     from .backends import make_provider
 
@@ -70,7 +71,8 @@ def make_evaluator(spec: StudySpec, data: StudyData, catalog: Catalog | None = N
                              timeout_s=overrides.timeout_s, max_concurrency=overrides.concurrency)
     store = CallStore(spec.call_store)
     evaluator = DatasetEvaluator(provider, store, data.dataset, spec.scorer.name, spec.scorer.options,
-                                 run_prefix=run_prefix(spec), degraded=spec.scorer.degraded)
+                                 run_prefix=run_prefix(spec), degraded=spec.scorer.degraded,
+                                 progress=progress)
     return evaluator, store
 
 
@@ -94,10 +96,10 @@ def with_store_spend(spec: StudySpec, result: StudyResult) -> StudyResult:
 
 
 async def _run(spec: StudySpec, worker: int, on_trial: Callable[[TrialEvent], None] | None,
-               prepare_only: bool = False, overrides: EndpointOverrides = EndpointOverrides()
-               ) -> StudyResult | None:
+               prepare_only: bool = False, overrides: EndpointOverrides = EndpointOverrides(),
+               progress: ItemProgress | None = None) -> StudyResult | None:
     data = study_data(spec)
-    evaluator, store = make_evaluator(spec, data, overrides=overrides)
+    evaluator, store = make_evaluator(spec, data, overrides=overrides, progress=progress)
     try:
         if prepare_only:
             await prepare_study_async(spec, evaluator, data.dev_ids)
@@ -128,27 +130,28 @@ def _worker_main(path: str, runs_dir: str | None, worker: int,
 
 def run_study_file(path: str | Path, *, runs_dir: str | Path | None = None, workers: int = 1,
                    on_trial: Callable[[TrialEvent], None] | None = None,
-                   overrides: EndpointOverrides = EndpointOverrides()) -> StudyResult:
+                   overrides: EndpointOverrides = EndpointOverrides(),
+                   progress: ItemProgress | None = None) -> StudyResult:
     """Run or resume the study in ``path``. With ``workers > 1``, the study is prepared once
     (baseline measured, presets enqueued) and then N processes share the storage and the call
     store; this process is worker 0 and reports progress. ``overrides`` apply in every worker
-    (each process has its own concurrency slots)."""
+    (each process has its own concurrency slots). ``progress`` shows worker 0's items."""
     if workers < 1:
         raise ConfigError(f"expected --workers >= 1, got {workers}", field="workers")
     spec = load_study_spec(path, runs_dir=runs_dir)
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     if workers == 1:
-        result = asyncio.run(_run(spec, 0, on_trial, overrides=overrides))
+        result = asyncio.run(_run(spec, 0, on_trial, overrides=overrides, progress=progress))
         assert result is not None
         return with_store_spend(spec, result)
-    asyncio.run(_run(spec, 0, None, prepare_only=True, overrides=overrides))
+    asyncio.run(_run(spec, 0, None, prepare_only=True, overrides=overrides, progress=progress))  # the baseline's items
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker_main, args=(str(path), None if runs_dir is None else str(runs_dir), w,
                                                     overrides), daemon=False) for w in range(1, workers)]
     for p in procs:
         p.start()
     try:
-        result = asyncio.run(_run(spec, 0, on_trial, overrides=overrides))
+        result = asyncio.run(_run(spec, 0, on_trial, overrides=overrides, progress=progress))
     finally:
         for p in procs:
             p.join()
@@ -162,7 +165,12 @@ def run_study_file(path: str | Path, *, runs_dir: str | Path | None = None, work
 
 
 def study_result(path: str | Path, *, runs_dir: str | Path | None = None) -> tuple[StudySpec, StudyResult]:
+    """The study's results as its storage holds them; one line when it has not been run yet
+    (an SQLite storage a run would have created is missing)."""
     spec = load_study_spec(path, runs_dir=runs_dir)
+    if spec.storage.startswith("sqlite:///") and not Path(spec.storage[len("sqlite:///"):]).exists():
+        raise MoASearchError(f"study {spec.name} has not been run yet (no {spec.storage}); run "
+                             f"`moa-search study run {path}` first")
     return spec, with_store_spend(spec, load_result(spec.storage, spec.name))
 
 
@@ -203,3 +211,19 @@ def select_trials(result: StudyResult, *, trial: int | None = None, pareto: bool
     if not target.met or target.record is None:
         raise MoASearchError(target.message)
     return (target.record,)
+
+
+def quality_note(spec: StudySpec) -> str | None:
+    """What the study's quality column is when that needs saying: a length-controlled win rate
+    is alpaca_eval's number only with a per-instruction difficulty on every item (issue 12), so
+    without one every table of it says "approximate"."""
+    from .scoring import SCORER_ALIASES, SCORERS
+    from .stats import LC_APPROXIMATE_NOTE
+    scorer = SCORERS.get(SCORER_ALIASES.get(spec.scorer.name, spec.scorer.name))
+    if getattr(scorer, "headline", None) != "lc_win_rate":
+        return None
+    data = study_data(spec)
+    dev = [data.dataset.get(i) for i in data.dev_ids]
+    if all(item.instruction_difficulty is not None for item in dev):
+        return "quality: length-controlled win rate (alpaca_eval's fit with instruction difficulty)"
+    return f"quality: length-controlled win rate ({LC_APPROXIMATE_NOTE})"

@@ -60,11 +60,11 @@ _KEYS = {
 #: Options each sampler accepts, with their kind; anything else is a typo.
 _SAMPLER_OPTIONS: dict[str, dict[str, str]] = {
     "nsga2": {"population_size": "int>=2", "mutation_prob": "prob", "crossover_prob": "prob",
-              "swapping_prob": "prob"},
+              "swapping_prob": "prob", "candidates": "int>=1"},
     "tpe": {"n_startup_trials": "int>=0", "n_ei_candidates": "int>=1", "multivariate": "bool",
-            "group": "bool", "constant_liar": "bool"},
-    "gp": {"n_startup_trials": "int>=0", "deterministic_objective": "bool"},
-    "random": {},
+            "group": "bool", "constant_liar": "bool", "candidates": "int>=1"},
+    "gp": {"n_startup_trials": "int>=0", "deterministic_objective": "bool", "candidates": "int>=1"},
+    "random": {"candidates": "int>=1"},
     "grid": {},
     "cheapest-first": {"slack": "float>=0"},
 }
@@ -382,10 +382,6 @@ def _budget(d: Mapping[str, Any], source: str) -> BudgetSpec:
 
 def _sampler(d: Mapping[str, Any], source: str, space: SearchSpace, objectives: ObjectiveSpec) -> SamplerSpec:
     name = _choice(d, "sampler", "name", source, SAMPLERS, default="tpe")
-    if name == "cheapest-first" and objectives.mode != "constrained":
-        raise ConfigError("sampler 'cheapest-first' walks configs from the cheapest estimate up until "
-                          "one meets the quality target; it needs [objectives] mode = \"constrained\" "
-                          "with a target", source=source, field="sampler.name")
     options = d.get("options", {})
     if not isinstance(options, Mapping):
         raise ConfigError(f"expected a table, got {type(options).__name__}", source=source,

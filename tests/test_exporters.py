@@ -15,7 +15,8 @@ from moa_search.catalog import Catalog
 from moa_search.config import BUILTIN_PRESETS, AgentSpec, MoAConfig
 from moa_search.errors import ConfigError
 from moa_search.exporters import EXPORT_FORMATS, export_text
-from moa_search.exporters.archon import from_archon, to_archon
+from moa_search.exporters.archon import to_archon
+from moa_search.importers.archon import from_archon
 from moa_search.exporters.moa_reference import to_moa_reference
 from moa_search.exporters.standalone import to_standalone_script
 from moa_search.preset import Provenance, from_builtin, from_config
@@ -33,24 +34,32 @@ MIXED = MoAConfig(((AgentSpec(LLAMA8), AgentSpec(MIX8x7), AgentSpec(LLAMA8, temp
                   AgentSpec("gpt-4o-2024-05-13", temperature=0.0, max_tokens=1024))
 
 
-# ---- Archon ---------------------------------------------------------------------------------
+# ---- Archon (more in test_archon.py: fixtures, prompt style, request equality, CLI) -----------
 
 
 SAMPLED_MIX = MoAConfig(((AgentSpec(WIZ), AgentSpec(QWEN72), AgentSpec(WIZ)),
                          (AgentSpec(QWEN72),) * 3), AgentSpec(QWEN110))
 
 
+def archon(config: MoAConfig) -> MoAConfig:
+    """The same agents in Archon's prompt style (the one Archon exports are faithful for)."""
+    return MoAConfig(config.proposer_layers, config.aggregator, prompt_style="archon")
+
+
 @pytest.mark.parametrize("config", [p.config for p in BUILTIN_PRESETS.values()] + [SELF_MOA, MIXED,
                          SAMPLED_MIX, MoAConfig.single("gpt-4o-2024-05-13")],
                          ids=list(BUILTIN_PRESETS) + ["self-moa", "mixed", "sampled-mix", "single"])
-def test_archon_round_trip_keeps_the_config(config):
-    exported = json.loads(json.dumps(to_archon(config)))  # through JSON, as a file would be
+@pytest.mark.parametrize("style", ["moa", "archon"])
+def test_archon_round_trip_keeps_the_config(config, style):
+    config = archon(config) if style == "archon" else config
+    exported = json.loads(json.dumps(to_archon(config, allow_prompt_change=True)))  # through JSON, as a file
     back = from_archon(exported, source="archon.json")
     assert back == config and back.config_hash == config.config_hash
 
 
 def test_archon_moa_layout_follows_archons_moa_config():
-    out = to_archon(from_builtin(BUILTIN_PRESETS["moa"], CATALOG))
+    preset = from_config("moa", archon(BUILTIN_PRESETS["moa"].config), CATALOG)
+    out = to_archon(preset)
     assert out["name"] == "moa" and len(out["layers"]) == 3
     first, second, final = out["layers"]
     assert {e["type"] for e in first} == {"generator"} and len(first) == 6
@@ -60,29 +69,36 @@ def test_archon_moa_layout_follows_archons_moa_config():
 
 
 def test_archon_self_moa_is_one_entry_with_samples():
-    out = to_archon(SELF_MOA)
+    out = to_archon(archon(SELF_MOA))
     assert out["layers"][0] == [{"type": "generator", "model": WIZ, "model_type": "Together_API",
                                  "top_k": 1, "temperature": 0.7, "max_tokens": 2048, "samples": 6}]
-    out = to_archon(SAMPLED_MIX)
+    out = to_archon(SAMPLED_MIX, allow_prompt_change=True)  # moa style: sorted, equal agents adjacent
     assert [(e["type"], e["model"], e["samples"]) for e in out["layers"][0]] == \
            [("generator", QWEN72, 1), ("generator", WIZ, 2)]
     assert [(e["type"], e["model"], e["samples"]) for e in out["layers"][1]] == [("fuser", QWEN72, 3)]
+    given = MoAConfig(((AgentSpec(WIZ), AgentSpec(QWEN72), AgentSpec(WIZ)),), AgentSpec(QWEN110),
+                      prompt_style="archon")
+    out = to_archon(given)  # archon style: the order given, samples only in a row
+    assert [(e["model"], e["samples"]) for e in out["layers"][0]] == [(WIZ, 1), (QWEN72, 1), (WIZ, 1)]
 
 
 def test_archon_model_type_by_endpoint_and_override():
-    out = to_archon(from_builtin(BUILTIN_PRESETS["moa-gpt4o"], CATALOG))
+    out = to_archon(from_builtin(BUILTIN_PRESETS["moa-gpt4o"], CATALOG), allow_prompt_change=True)
     assert out["layers"][-1][0]["model_type"] == "OpenAI_API"
     local = CATALOG.with_base_url("http://127.0.0.1:8000/v1")
-    with pytest.raises(ConfigError, match=r"none of Archon's built-in generators.*model_types="):
-        to_archon(SELF_MOA, catalog=local)
-    out = to_archon(SELF_MOA, catalog=local, model_types={WIZ: "my_vllm", QWEN110: "my_vllm"})
-    assert {e["model_type"] for layer in out["layers"] for e in layer} == {"my_vllm"}
+    with pytest.raises(ConfigError, match=r"none of Archon's built-in generators posts to; pass --archon-model-type"):
+        to_archon(archon(SELF_MOA), catalog=local)
+    # a custom generator works for a first-layer generator only: Archon's Fuser cannot use one
+    out = to_archon(archon(SELF_MOA), catalog=local, model_types={WIZ: "my_vllm", QWEN110: "OpenAI_API"})
+    assert [e["model_type"] for layer in out["layers"] for e in layer] == ["my_vllm", "OpenAI_API"]
+    with pytest.raises(ConfigError, match=r"is not called by this config"):
+        to_archon(archon(SELF_MOA), catalog=local, model_types={"nope": "OpenAI_API"})
 
 
 def test_archon_export_refuses_system_prompts():
     config = MoAConfig(((AgentSpec(WIZ, system_prompt="Be terse."),),), AgentSpec(QWEN110))
     with pytest.raises(ConfigError, match=r"layers\[0\].system_prompt: Archon has no per-agent system prompt"):
-        to_archon(config)
+        to_archon(config, allow_prompt_change=True)
 
 
 def archon_entry(kind="generator", model=WIZ, **over):
@@ -97,35 +113,38 @@ def test_archon_import_of_the_older_branches_layer_form():
         {"branches": 1, "models": [archon_entry(model=WIZ), archon_entry(model=QWEN72, samples=2)]},
         {"branches": 1, "models": [archon_entry("fuser", model=QWEN110)]}]}
     config = from_archon(data, source="old.json")
-    assert config == MoAConfig(((AgentSpec(WIZ), AgentSpec(QWEN72), AgentSpec(QWEN72)),), AgentSpec(QWEN110))
+    assert config == MoAConfig(((AgentSpec(WIZ), AgentSpec(QWEN72), AgentSpec(QWEN72)),), AgentSpec(QWEN110),
+                               prompt_style="archon")
 
 
 @pytest.mark.parametrize("kind", ["ranker", "critic", "verifier", "unit_test_generator", "unit_test_evaluator"])
 def test_archon_import_refuses_components_without_moa_meaning(kind):
-    data = {"name": "x", "layers": [[archon_entry()], [archon_entry(kind, model=QWEN110)],
+    data = {"name": "x", "layers": [[archon_entry(no_system=True)], [archon_entry(kind, model=QWEN110)],
                                     [archon_entry("fuser", model=QWEN110)]]}
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ConfigError) as err:  # the component is the reason, not layer 1's key
         from_archon(data, source="cfg.json")
-    assert err.value.field == "layers[1][0]"
-    assert str(err.value).startswith(f"cfg.json: layers[1][0]: a '{kind}' component has no Mixture-of-Agents meaning")
+    assert err.value.field == "layer 2 component 1"
+    assert str(err.value).startswith(f"cfg.json: layer 2 component 1: {kind} is not MoA (")
 
 
 @pytest.mark.parametrize("data, field, words", [
-    ({"layers": [[archon_entry()], [archon_entry("generator")]]}, "layers[1][0]",
-     "'generator' component here has no MoA meaning"),
-    ({"layers": [[archon_entry("fuser")]]}, "layers[0][0]", "'fuser' component here"),
-    ({"layers": [[archon_entry()], [archon_entry("fuser", samples=3)]]}, "layers[1]",
-     "the last layer yields 3 candidates"),
-    ({"layers": [[archon_entry(), archon_entry(model=QWEN72)]]}, "layers[0]", "yields 2 candidates"),
-    ({"layers": [[archon_entry(no_system=True)]]}, "layers[0][0]", "unsupported key(s) ['no_system']"),
-    ({"layers": [[archon_entry(temperature=9)]]}, "layers[0][0].temperature", "0 <= temperature <= 2"),
-    ({"layers": [[archon_entry(samples=0)]]}, "layers[0][0].samples", "integer >= 1"),
-    ({"layers": [[archon_entry(model_type="")]]}, "layers[0][0].model_type", "non-empty string"),
-    ({"layers": [[archon_entry("my_component")]]}, "layers[0][0]", "custom components cannot be imported"),
+    ({"layers": [[archon_entry()], [archon_entry("generator")]]}, "layer 2 component 1",
+     "a generator here is not MoA"),
+    ({"layers": [[archon_entry("fuser")]]}, "layer 1 component 1", "a fuser here is not MoA"),
+    ({"layers": [[archon_entry()], [archon_entry("fuser", samples=3)]]}, "layer 2",
+     "yields 3 candidates"),
+    ({"layers": [[archon_entry(), archon_entry(model=QWEN72)]]}, "layer 1", "yields 2 candidates"),
+    ({"layers": [[archon_entry(no_system=True)]]}, "layer 1 component 1", "'no_system': Archon then leaves out"),
+    ({"layers": [[archon_entry(use_critiques=True)]]}, "layer 1 component 1", "unsupported key(s) ['use_critiques']"),
+    ({"layers": [[archon_entry(temperature=9)]]}, "layer 1 component 1.temperature", "0 <= temperature <= 2"),
+    ({"layers": [[archon_entry(samples=0)]]}, "layer 1 component 1.samples", "integer >= 1"),
+    ({"layers": [[archon_entry(model_type="")]]}, "layer 1 component 1.model_type", "non-empty string"),
+    ({"layers": [[archon_entry("my_component")]]}, "layer 1 component 1", "custom components cannot be imported"),
     ({"layers": []}, "layers", "non-empty list of layers"),
-    ({"layers": [[]]}, "layers[0]", "non-empty list of components"),
-    ({"layers": [{"branches": 2, "models": [archon_entry()]}]}, "layers[0].branches", "no MoA meaning"),
+    ({"layers": [[]]}, "layer 1", "non-empty list of components"),
     ({"layers": [[archon_entry()]], "custom": True}, "custom", "custom Archon components"),
+    ({"layers": [[archon_entry()]], "moa_search": {"prompt_style": "fancy"}}, "moa_search.prompt_style",
+     "expected one of ['moa', 'archon']"),
 ])
 def test_archon_import_errors_name_the_place(data, field, words):
     with pytest.raises(ConfigError) as err:
@@ -180,8 +199,10 @@ def test_moa_reference_refuses_what_it_cannot_express(config, words):
 def test_export_text_renders_every_format_and_refuses_unknown():
     preset = from_builtin(BUILTIN_PRESETS["moa-lite"], CATALOG)
     for fmt in EXPORT_FORMATS:
-        assert preset.config_hash in export_text(preset, fmt) or fmt == "archon"
-    assert from_archon(json.loads(export_text(preset, "archon"))) == preset.config
+        assert preset.config_hash in export_text(preset, fmt, allow_prompt_change=fmt == "archon")
+    with pytest.raises(ConfigError, match="prompt_style: 'moa'"):
+        export_text(preset, "archon")
+    assert from_archon(json.loads(export_text(preset, "archon", allow_prompt_change=True))) == preset.config
     with pytest.raises(ConfigError, match="unknown export format 'yaml'"):
         export_text(preset, "yaml")
 

@@ -13,6 +13,8 @@ from moa_search.cli import main
 from moa_search.datasets import Item, item_to_dict, load_dataset, write_dataset
 from moa_search.errors import ConfigError
 from moa_search.importers import IMPORTERS, ImportOptions, import_file
+from moa_search.scoring import annotated_win_rates
+from moa_search.stats import alpacaeval_win_rate
 from moa_search.study import study_data
 from moa_search.study_spec import load_study_spec
 
@@ -46,12 +48,23 @@ CASES = [
          "metadata": {"generator": "fixture_reference"}},
         {"id": "alpacaeval-2", "category": "koala",
          "baseline_output": "Rain taps the window\nclouds fold the hills into grey\nthe street shines again"}]),
+    ("alpacaeval_annotations", "alpacaeval_annotations_v1.json", [], "pairwise_judge", [
+        {"id": "alpacaeval-1", "prompt": "Name three primary colours.", "category": "helpful_base",
+         "baseline_output": "Red, yellow and blue.",
+         "metadata": {"output": "The three primary colours are red, yellow and blue.",
+                      "preference": 2.0, "generator": "fixture_model",
+                      "baseline_generator": "text_davinci_003"}},
+        {"id": "alpacaeval-2", "metadata": {"output": "Soft rain on the roof.", "preference": 1.0,
+                                            "generator": "fixture_model",
+                                            "baseline_generator": "text_davinci_003"}},
+        # AlpacaEval 1.0 writes a draw as 0; it is kept as AlpacaEval 2.0's 1.5
+        {"id": "alpacaeval-3", "baseline_output": "Paris."},
+        {"id": "alpacaeval-4", "category": "oasst"}]),
     ("mtbench", "mtbench_question.jsonl", [], "single_grade_judge", [
         {"id": "81", "prompt": "Write a short note inviting a neighbour to tea.", "category": "writing",
-         "metadata": {"turns": ["Write a short note inviting a neighbour to tea.", "Rewrite it as a limerick."]}},
+         "follow_ups": [{"prompt": "Rewrite it as a limerick."}], "metadata": None},
         {"id": "111", "reference": "9", "category": "math",
-         "metadata": {"turns": ["What is the area of a square with side 3?", "And with side 4?"],
-                      "reference": ["9", "16"]}}]),
+         "follow_ups": [{"prompt": "And with side 4?", "reference": "16"}]}]),
     ("jsonl", "generic_custom.jsonl", ["--id-field", "qid", "--prompt-field", "task.text",
                                        "--reference-field", "gold", "--category-field", "topic"], "numeric", [
         {"id": "1", "prompt": "What is 6 * 7?", "reference": "42", "category": "arithmetic",
@@ -106,6 +119,11 @@ def test_import_load_and_eval(fmt: str, fixture: str, options: list[str], scorer
         text = capsys.readouterr().out
         assert (f"  wins {quality['n_wins']}, draws {quality['n_draws']}, "
                 f"losses {quality['n_losses']} (vs baseline)\n") in text
+        # no instruction_difficulty in these sets: the LC win rate says it is approximate
+        assert quality["lc_approximate"] is True
+        assert "  (length-controlled: approximate: no instruction difficulty)\n" in text
+    if fmt == "mtbench":  # both turns run and graded, each reported
+        assert sorted(quality["per_turn"]) == ["1", "2"]
 
 
 def test_written_set_round_trips_through_the_loader(tmp_path: Path) -> None:
@@ -149,6 +167,15 @@ BAD = [
     ("alpacaeval", "x.json", '[{"instruction": "i", "output": "o"}, {"output": "o"}]', "item 2: instruction",
      "missing required field"),
     ("alpacaeval", "x.json", '{"instruction": "i"}', "x.json", "expected a JSON array of objects"),
+    ("alpacaeval_annotations", "x.json",
+     '[{"instruction": "i", "output_1": "a", "output_2": "b", "preference": 3}]', "item 1: preference",
+     "expected 1 (baseline wins), 2 (model wins), a value between them, or 0 (a draw, AlpacaEval 1.0), got 3"),
+    ("alpacaeval_annotations", "x.json",
+     '[{"instruction": "i", "output_1": "a", "output_2": "b", "preference": "2"}]', "item 1: preference",
+     "expected a number, got a string"),
+    ("alpacaeval_annotations", "x.json",
+     '[{"instruction": "i", "output_1": "a", "output_2": "b", "preference": 2, '
+     '"instruction_difficulty": "hard"}]', "item 1: instruction_difficulty", "expected a finite number"),
     ("mtbench", "x.jsonl", '{"question_id": 1, "category": "c", "turns": []}\n', "line 1: turns",
      "expected a non-empty list of strings"),
     ("mtbench", "x.jsonl", '{"question_id": 1, "turns": ["a"]}\n{"question_id": 1, "turns": ["b"]}\n',
@@ -295,3 +322,30 @@ def test_the_readme_import_commands_run(tmp_path: Path, monkeypatch: pytest.Monk
         code = main(command.split()[1:])
         assert code == 0, capsys.readouterr().err
     assert "quality (numeric, accuracy)" in capsys.readouterr().out
+
+
+def test_alpacaeval_1_annotations_read_0_as_a_draw_in_the_win_rate() -> None:
+    """Issue 12: AlpacaEval 1.0 files write a draw as 0; alpaca_eval reads it as 1.5."""
+    ds = import_file(FIXTURES / "alpacaeval_annotations_v1.json", "alpacaeval_annotations")
+    assert [i.metadata.get("preference") for i in ds] == [2.0, 1.0, 1.5, None]
+    rates = annotated_win_rates(ds, n_resamples=20)
+    # the unannotated item is dropped, as alpaca_eval drops it: (100 + 0 + 50) / 3
+    assert rates.win_rate == pytest.approx(50.0)
+    assert (rates.n_wins, rates.n_draws, rates.n_losses) == (1, 1, 1)
+    assert rates.lc_approximate  # no instruction_difficulty in a 1.0 file
+    # the same preferences as numbers: 0 is refused unless the caller says it is a draw
+    with pytest.raises(ValueError, match=r"\[1, 2\]"):
+        alpacaeval_win_rate([2, 1, 0])
+    assert alpacaeval_win_rate([2, 1, 0], zero_is_draw=True)[0] == pytest.approx(50.0)
+
+
+def test_alpacaeval_annotations_read_a_nan_preference_as_unannotated(tmp_path: Path) -> None:
+    """Python's json writes a missing preference as NaN; it is dropped like null, not fitted."""
+    src = tmp_path / "annotations.json"
+    src.write_text('[{"instruction": "i", "output_1": "a", "output_2": "bb", "preference": 2},'
+                   ' {"instruction": "j", "output_1": "a", "output_2": "b", "preference": 1},'
+                   ' {"instruction": "k", "output_1": "a", "output_2": "b", "preference": NaN}]')
+    ds = import_file(src, "alpacaeval_annotations")
+    assert [i.metadata.get("preference") for i in ds] == [2.0, 1.0, None]
+    rates = annotated_win_rates(ds, n_resamples=20)
+    assert rates.win_rate == pytest.approx(50.0) and rates.lc.mean == rates.lc.mean  # not NaN

@@ -335,3 +335,23 @@ async def test_a_server_dying_at_a_request_says_why(tmp_path, catalog, state, mo
             await provider.complete(ChatRequest(LOCAL_MODEL, (Message("user", "hi"),), 0.7, 8))
     finally:
         await provider.aclose()
+
+
+def test_keys_are_checked_for_the_remote_models_only(tmp_path, state, monkeypatch):
+    """``serve --backend local`` of a mixed preset refuses to start without the remote model's
+    key (one line, before any request), and asks for no key for the local ones."""
+    from moa_search.providers.base import AuthError
+    path = write_catalog(tmp_path)
+    path.write_text(path.read_text() + '\n[providers.remote]\nbase_url = "http://127.0.0.1:9/v1"\n'
+                    'api_key_env = "MOA_TEST_REMOTE_KEY"\n\n[models."remote-m"]\nprovider = "remote"\n'
+                    'input_price = 1.0\noutput_price = 1.0\ncontext_window = 4096\n')
+    monkeypatch.delenv("MOA_TEST_REMOTE_KEY", raising=False)
+    provider = open_local_provider(Catalog.load(path), [LOCAL_MODEL], launcher=FAKE_LAUNCHER, state=state)
+    try:
+        provider.check_keys([LOCAL_MODEL])  # a local server needs no key
+        with pytest.raises(AuthError, match="MOA_TEST_REMOTE_KEY"):
+            provider.check_keys([LOCAL_MODEL, "remote-m"])
+        monkeypatch.setenv("MOA_TEST_REMOTE_KEY", "k")
+        provider.check_keys([LOCAL_MODEL, "remote-m"])
+    finally:
+        asyncio.run(provider.aclose())

@@ -160,3 +160,28 @@ def test_the_benchmark_prints_its_four_measurements(tmp_path, env):
     assert re.search(r"^\s+1\s+\d+\.\d+\s+\d+\.\d+\s+\d+$", out, re.M)  # n_threads, start s, tokens/s, tokens
     assert "2 servers, 2 clients:" in out and re.search(r"^  total\s+\d+\.\d+\s+\d+\.\d+\s+\d+\.\d+$", out, re.M)
     assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_serve_a_local_preset_to_the_openai_client_streamed_and_not(tmp_path, env, monkeypatch):
+    """`serve local-self-moa --backend local` answers the official client. llama-cpp-python's
+    server sends no usage in a stream, so a streamed request gets the answer in one piece, with
+    the usage the server reported for the whole call."""
+    import openai
+    from tests.test_serve_openai_client import start_serve
+    monkeypatch.setenv("MOA_SEARCH_LOCAL_STATE", env["MOA_SEARCH_LOCAL_STATE"])  # start_serve's env
+    process, url = start_serve(["serve", "local-self-moa", "--backend", "local", "--port", "0",
+                                "--store", str(tmp_path / "calls.db")], tmp_path)
+    try:
+        client = openai.OpenAI(base_url=url, api_key="unused", timeout=300)
+        ask = dict(model="local-self-moa", messages=[{"role": "user", "content": "What is 2 + 3?"}],
+                   max_tokens=16, seed=1)
+        plain = client.chat.completions.create(**ask)
+        assert plain.choices[0].message.content and plain.usage.completion_tokens <= 16
+        chunks = list(client.chat.completions.create(**ask, stream=True,
+                                                     stream_options={"include_usage": True}))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == plain.choices[0].message.content  # the same seed: served from the store
+        assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)

@@ -179,3 +179,13 @@ def test_shipped_current_catalog_is_what_its_commands_write(tmp_path: Path, caps
     for model_id, info in current.models.items():
         assert f"${info.input_price:g} / ${info.output_price:g} per 1M tokens" in shipped_prices[model_id]
     assert current.get("gpt-5").rules.max_tokens_field == "max_completion_tokens"
+
+
+def test_a_time_of_day_price_does_not_move_with_the_hour() -> None:
+    """DeepSeek is half price 16:30-00:30 UTC in the database; a catalog loaded at 00:10 or at
+    13:00 must give one price (the standard one), or costs and `catalog check` change by the hour."""
+    from datetime import UTC, datetime
+    night = price_db.lookup("deepseek", "deepseek-chat", when=datetime(2026, 11, 29, 0, 10, tzinfo=UTC))
+    day = price_db.lookup("deepseek", "deepseek-chat", when=datetime(2026, 11, 29, 13, 0, tzinfo=UTC))
+    assert (night.input_price, night.output_price) == (day.input_price, day.output_price)
+    assert day.input_price == 0.27 and day.output_price == 1.1  # the standard price, not off-peak

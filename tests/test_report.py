@@ -7,6 +7,7 @@ what a reader would see: which points are on which trace, axis titles, lines, ca
 from __future__ import annotations
 
 import dataclasses
+import html
 import importlib.util
 import json
 import re
@@ -127,18 +128,20 @@ def test_pareto_planes_show_front_dominated_and_stopped_points(pareto_study, par
         assert len(on_front["x"]) == len(result.pareto_front)
         by_number = {r.number: r for r in result.trials}
         assert on_front["x"] == [pick(by_number[n].metrics) for n in on_front["customdata"]]
-        assert on_front["y"] == [by_number[n].metrics.quality for n in on_front["customdata"]]
+        assert on_front["y"] == [100 * by_number[n].metrics.quality for n in on_front["customdata"]]  # in %
+        assert on_front["text"] == [f"#{n}" for n in on_front["customdata"]]  # numbered, in both planes
+        assert "text" in on_front["mode"]
         dominated = trace(fig, "dominated")
         assert set(dominated["customdata"]) == measured - front
         assert dominated["marker"]["opacity"] < 1
         assert set(trace(fig, "stopped early (first items only)")["customdata"]) <= stopped
         # error bars are the quality CI
         r = by_number[on_front["customdata"][0]]
-        assert on_front["error_y"]["array"][0] == pytest.approx(r.metrics.quality_high - r.metrics.quality)
+        assert on_front["error_y"]["array"][0] == pytest.approx(100 * (r.metrics.quality_high - r.metrics.quality))
         hover = on_front["hovertext"][0]
         assert r.config.config_hash in hover and f"trial {r.number}" in hover and "per item" in hover
         assert axis_title(fig, "xaxis") == f"{x_title} (simulated)"
-        assert axis_title(fig, "yaxis") == "quality (simulated)"
+        assert axis_title(fig, "yaxis") == "quality (%) (simulated)"
         assert not hlines(fig)  # no target in this study
 
 
@@ -149,7 +152,7 @@ def test_trade_off_line_joins_exactly_the_points_unbeaten_in_its_plane(pareto_st
     figs = figures(pareto_page)
     for key, pick in (("fig-pareto-cost", lambda m: m.cost_usd_per_item),
                       ("fig-pareto-latency", lambda m: m.latency_p50_s)):
-        points = {(pick(r.metrics), r.metrics.quality) for r in result.evaluated}
+        points = {(pick(r.metrics), 100 * r.metrics.quality) for r in result.evaluated}
         unbeaten = {p for p in points
                     if not any(q != p and q[0] <= p[0] and q[1] >= p[1] for q in points)}
         assert 1 < len(unbeaten) < len(points), "the study must have dominated points in this plane"
@@ -167,7 +170,7 @@ def test_simulated_banner_appears_only_for_simulated_studies(pareto_page, tmp_pa
     assert not result.is_simulated
     page = build_report_html(spec, result)
     assert SIMULATED_BANNER not in page and "(simulated)" not in page
-    assert axis_title(figures(page)["fig-pareto-cost"], "yaxis") == "quality"
+    assert axis_title(figures(page)["fig-pareto-cost"], "yaxis") == "quality (%)"
 
 
 def test_target_line_and_the_cheapest_config_meeting_it(constrained_study) -> None:
@@ -178,7 +181,7 @@ def test_target_line_and_the_cheapest_config_meeting_it(constrained_study) -> No
     figs = figures(page)
     for key in ("fig-pareto-cost", "fig-pareto-latency"):
         fig = figs[key]
-        assert hlines(fig) == [pytest.approx(result.target)]
+        assert hlines(fig) == [pytest.approx(100 * result.target)]
         assert trace(fig, "cheapest meeting target")["customdata"] == [answer.record.number]
         assert trace(fig, "optimum (cheapest feasible)")["customdata"] == [r.number for r in result.pareto_front]
         assert any(n.startswith("baseline") for n in names(fig))
@@ -241,7 +244,7 @@ def test_per_category_quality_when_categories_are_known(pareto_study, pareto_pag
     bars = fig["data"][0]
     assert bars["x"] == ["algebra", "geometry", "words"]
     algebra = [v for k, v in r.metrics.item_values.items() if CATEGORIES[k] == "algebra"]
-    assert bars["y"][0] == pytest.approx(sum(algebra) / len(algebra))
+    assert bars["y"][0] == pytest.approx(100 * sum(algebra) / len(algebra))
     # without categories: the per-item distribution instead, and the page says why
     page = build_report_html(spec, result)
     figs = figures(page)
@@ -304,3 +307,110 @@ def test_write_study_report_creates_parents_and_refuses_pngs_without_kaleido(par
     with pytest.raises(MoASearchError, match="pip install kaleido"):
         write_study_report(study_file, other, runs_dir=runs, png_dir=tmp_path / "png")
     assert not other.exists() and not (tmp_path / "png").exists()
+
+
+def _front_rows(page: str) -> list[list[str]]:
+    table = re.search(r'<table class="trials">(.*?)</table>', page, re.S)
+    assert table is not None, "the Pareto section has no table"
+    return [re.findall(r"<t[hd]>(.*?)</t[hd]>", row) for row in re.findall(r"<tr>(.*?)</tr>", table.group(1))]
+
+
+def test_the_front_table_numbers_its_trials_as_the_plots_do(pareto_study, pareto_page) -> None:
+    _, result = pareto_study
+    head, *rows = _front_rows(pareto_page)
+    assert head[0] == "trial" and head[2].startswith("quality %")
+    plotted = set(trace(figures(pareto_page)["fig-pareto-cost"], "Pareto front")["text"])
+    assert {row[0] for row in rows} == plotted == {f"#{r.number}" for r in result.pareto_front}
+    for row in rows:
+        r = next(r for r in result.pareto_front if f"#{r.number}" == row[0])
+        assert row[2].startswith(f"{100 * r.metrics.quality:.1f} [")  # quality in %, with its CI
+
+
+def test_bar_labels_are_wrapped_never_cut(pareto_study, pareto_page) -> None:
+    """Each cost bar's label holds the whole config, the aggregator (named last) included."""
+    _, result = pareto_study
+    labels = figures(pareto_page)["fig-cost-by-model"]["data"][0]["y"]
+    assert any("<br>" in label for label in labels), "the fixture must have a label long enough to wrap"
+    whole = {html.unescape(label.replace("<br>", " ")) for label in labels}
+    assert whole == {f"#{r.number} {r.config.summary()}" for r in result.pareto_front}
+    assert not any("…" in label for label in labels)
+
+
+def test_the_price_table_is_named(pareto_study, pareto_page) -> None:
+    _, result = pareto_study
+    recorded = {r.price_table for r in result.trials if r.metrics is not None}
+    assert recorded and all(recorded)  # every measured trial recorded where its prices came from
+    row = re.search(r"<tr><th>Prices</th><td>(.*?)</td></tr>", pareto_page)
+    assert row is not None and row.group(1) == "; ".join(sorted(recorded))
+
+
+def test_a_constant_parameter_is_left_out_of_the_importances(tmp_path: Path) -> None:
+    """Trials that all share one temperature: it explains nothing, so it is not ranked."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+    from moa_search.report import param_importances
+    from moa_search.search.records import metric_attrs
+
+    storage = f"sqlite:///{tmp_path / 'imp.db'}"
+    study = optuna.create_study(study_name="imp", storage=storage, directions=["maximize", "minimize"])
+    dists = {"layers": IntDistribution(1, 3), "aggregator": CategoricalDistribution(["a", "b"]),
+             "temperature": CategoricalDistribution([0.2, 0.7])}
+    for n in range(12):
+        layers, agg = 1 + n % 3, "ab"[n % 2]
+        q = 0.5 + 0.1 * layers + (0.05 if agg == "b" else 0.0)
+        m = TrialMetrics(quality=q, quality_low=q - 0.1, quality_high=q + 0.1, n_items=4, item_values={},
+                         cost_usd_per_item=0.001 * layers, paid_usd=0.0, latency_p50_s=1.0,
+                         latency_p95_s=2.0, calls=4, cached_calls=0)
+        study.add_trial(optuna.trial.create_trial(
+            values=[q, m.cost_usd_per_item], params={"layers": layers, "aggregator": agg, "temperature": 0.7},
+            distributions=dists, user_attrs={"status": "complete", **metric_attrs(m)}))
+    result = StudyResult("imp", storage, "pareto", ("quality", "cost"), ("maximize", "minimize"), (), (),
+                         0.0, 0, None, 0.9, None, True)
+    found, how = param_importances(result)
+    assert found is not None and set(found) == {"layers", "aggregator"}
+    assert how.endswith("Left out, with one value in every trial: temperature")
+
+
+def _chromium() -> str | None:
+    import shutil
+    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("playwright") is None or _chromium() is None,
+                    reason="needs Playwright (PyPI) and a Chromium binary; neither is in the test extra")
+def test_the_page_renders_in_a_browser_without_errors_and_with_whole_labels(pareto_study, pareto_page,
+                                                                            tmp_path: Path) -> None:
+    """A real headless Chromium opens the file offline: no JavaScript error, no request leaves the
+    file, every figure is drawn, front points carry their numbers and bar labels sit inside the plot."""
+    from playwright.sync_api import sync_playwright
+
+    _, result = pareto_study
+    path = tmp_path / "report.html"
+    path.write_text(pareto_page, encoding="utf-8")
+    errors: list[str] = []
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.on("request", lambda req: requests.append(req.url))
+            page.goto(path.as_uri())
+            page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length"
+                                   f" >= {2 * len(figures(pareto_page))}", timeout=30_000)
+            numbers = page.eval_on_selector_all("#fig-pareto-cost .textpoint text", "els => els.map(e => e.textContent)")
+            ticks = page.eval_on_selector_all(
+                "#fig-cost-by-model .ytick text",
+                "els => els.map(e => ({text: e.textContent, left: e.getBoundingClientRect().left,"
+                " box: e.closest('.js-plotly-plot').getBoundingClientRect().left}))")
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert all(u.startswith(("file:", "data:", "about:")) for u in requests), requests
+    assert sorted(numbers) == sorted(f"#{r.number}" for r in result.pareto_front)
+    assert len(ticks) == len(result.pareto_front)
+    assert all(t["left"] >= t["box"] for t in ticks), ticks  # no label runs off the figure's left edge
+    drawn = " ".join(t["text"] for t in ticks)
+    for r in result.pareto_front:
+        assert r.config.aggregator.model in drawn  # the aggregator, named last, is on screen

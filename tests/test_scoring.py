@@ -17,6 +17,7 @@ from moa_search.scoring import (SCORERS, ChoiceScorer, ExactScorer, LengthContro
                                 NumericScorer, PairwiseJudge, RegexScorer, SingleGradeJudge,
                                 extract_choice, extract_number, format_number, make_scorer, parse_grade,
                                 parse_pairwise_verdict, score_traces)
+from moa_search.stats import length_controlled_win_rate
 
 # ---- parsers --------------------------------------------------------------------------------
 
@@ -83,8 +84,10 @@ def test_parse_pairwise_verdict(text: str, expected: str | None) -> None:
     # Half points, as FastChat reads them (issue 12: every "Rating: [[9.5]]" used to be lost).
     ("[[7.5]]", 7.5), ("Rating: [[9.5]]", 9.5), ("[[1.5]]", 1.5),
     # Still rejected where FastChat would mis-read: out of range, or two ratings (it takes the first).
-    ("[[10.5]]", None), ("[[0.5]]", None), ("[[9.5]] then [[8]]", None), ("Rating: [[9.]]", None),
-    ("[[0]]", None), ("[[11]]", None), ("Rating: [[rating]]", None),
+    ("[[10.5]]", None), ("[[-1]]", None), ("[[9.5]] then [[8]]", None), ("Rating: [[9.]]", None),
+    ("[[11]]", None), ("Rating: [[rating]]", None),
+    # 0-10 as issue 12 and FastChat's reading have it (the prompt asks 1-10; a 0 still counts)
+    ("[[0]]", 0), ("[[0.5]]", 0.5),
     ("[[3]] then [[8]]", None), ("Rating: 7/10", None), ("", None)])
 def test_parse_grade(text: str, expected: float | None) -> None:
     assert parse_grade(text) == expected
@@ -251,15 +254,15 @@ async def test_pairwise_judge_missing_baseline_and_failed_call() -> None:
 async def test_single_grade_judge_maps_grade_and_retries() -> None:
     double = ScriptedJudgeDouble(lambda r: "Solid. Rating: [[7]]")
     score = await SingleGradeJudge("j", double).ascore(INSTRUCT, "answer")
-    assert score.value == pytest.approx(6 / 9) and score.judge_calls == 1
+    assert score.value == pytest.approx(0.7) and score.judge_calls == 1  # MT-Bench score / 10
     request = double.calls[0][0]
     assert "[Question]\nWrite a haiku." in request.messages[-1].content
     assert "answer" in request.messages[-1].content
     top = await SingleGradeJudge("j", ScriptedJudgeDouble(lambda r: "[[10]]")).ascore(INSTRUCT, "a")
     assert top.value == 1.0
-    retry = ScriptedJudgeDouble(lambda r: "[[0]]" if r.sample_index == 0 else "[[1]]")
-    low = await SingleGradeJudge("j", retry).ascore(INSTRUCT, "a")
-    assert (low.value, low.judge_calls) == (0.0, 2)
+    retry = ScriptedJudgeDouble(lambda r: "[[11]]" if r.sample_index == 0 else "[[1]]")
+    low = await SingleGradeJudge("j", retry).ascore(INSTRUCT, "a")  # out of range: asked again
+    assert (low.value, low.judge_calls) == (0.1, 2)
     never = await SingleGradeJudge("j", ScriptedJudgeDouble(lambda r: "great")).ascore(INSTRUCT, "a")
     assert (never.value, never.status, never.judge_calls) == (None, "unparseable", 2)
 
@@ -360,17 +363,21 @@ async def test_length_controlled_scorer_discounts_wins_bought_with_length() -> N
     items = make_instruct_set(n)
     rng = np.random.default_rng(4)
     longer = rng.random(n) < 0.75
-    # the judge double prefers whichever output is longer: wins explained by length only
+    # the judge double prefers whichever output is longer (wins explained by length only),
+    # except on a few answers (length divisible by 5): a perfectly separable record has no
+    # finite fit, in alpaca_eval's GLM or here
     def prefers_longer(request: ChatRequest) -> str:
         a, b = outputs_in(request)
-        return "[[a]]" if len(a) > len(b) else "[[b]]"
+        answer = a if a.startswith("x") else b
+        flip = len(answer) % 5 == 0
+        return "[[a]]" if (len(a) > len(b)) != flip else "[[b]]"
     lengths = np.where(longer, 100 + rng.integers(10, 400, size=n), 100 - rng.integers(10, 90, size=n))
     traces = [FakeTrace(f"i{k}", "x" * int(lengths[k])) for k in range(n)]
     raw = await score_traces(PairwiseJudge("j", ScriptedJudgeDouble(prefers_longer)), items, traces)
     lc = await score_traces(LengthControlledJudge("j", ScriptedJudgeDouble(prefers_longer)), items, traces,
                             lc_resamples=50)
-    assert raw.win_rate == pytest.approx(100 * longer.mean())
-    assert raw.win_rate > 65
+    assert raw.win_rate > 60
+    assert lc.lc_approximate and lc.to_dict()["lc_note"] == "approximate: no instruction difficulty"
     assert lc.headline == "lc_win_rate" and lc.scorer == "length_controlled"
     assert lc.quality.mean == pytest.approx(lc.lc_win_rate / 100)
     assert abs(lc.lc_win_rate - 50) < abs(raw.win_rate - 50)
@@ -461,3 +468,45 @@ async def test_pairwise_judge_through_runner_and_simulated_world() -> None:
     assert set(scored) <= {0.0, 0.5, 1.0}
     assert result.win_rate == pytest.approx(100 * np.mean(scored))
     assert 0.0 <= result.lc_win_rate <= 100.0
+
+
+async def test_lc_uses_instruction_difficulty_when_every_item_has_it() -> None:
+    """Issue 12: with alpaca_eval's per-instruction difficulty the LC win rate is its formula
+    (not labelled approximate); one item without it and the minimal fit is used, labelled."""
+    n = 40
+    rng = np.random.default_rng(8)
+    difficulty = rng.normal(0, 1, n).round(3)
+    items = Dataset("inst", tuple(
+        Item(f"i{k}", prompt=f"Instruction {k}", baseline_output="BASE".ljust(100, "."),
+             metadata={"instruction_difficulty": float(difficulty[k])}) for k in range(n)))
+    # the candidate wins the easy instructions (difficulty < 0), at assorted lengths
+    answers = [("GOOD" if difficulty[k] < 0 else "weak").ljust(60 + 7 * k, ".") for k in range(n)]
+    traces = [FakeTrace(f"i{k}", answers[k]) for k in range(n)]
+    judge = LengthControlledJudge("j", ScriptedJudgeDouble(prefers_good))
+    full = await score_traces(judge, items, traces, lc_resamples=20)
+    prefs = [full.values[f"i{k}"] for k in range(n)]
+    lengths = [len(a) for a in answers]
+    assert full.lc_approximate is False and full.lc_note is None
+    assert full.lc_win_rate == pytest.approx(length_controlled_win_rate(
+        prefs, lengths, [100] * n, difficulty=difficulty))
+    partial = Dataset("inst", items.items[:-1] + (Item("i39", prompt="Instruction 39",
+                                                       baseline_output="BASE".ljust(100, ".")),))
+    minimal = await score_traces(judge, partial, traces, lc_resamples=20)
+    assert minimal.lc_approximate is True
+    assert minimal.to_dict()["lc_note"] == "approximate: no instruction difficulty"
+    assert minimal.lc_win_rate == pytest.approx(length_controlled_win_rate(prefs, lengths, [100] * n))
+
+
+async def test_reference_guided_grading_only_in_fastchats_reference_categories() -> None:
+    double = ScriptedJudgeDouble(lambda r: "Close to the reference. Rating: [[8.5]]")
+    judge = SingleGradeJudge("j", double)
+    math = Item("m", prompt="What is 2+2?", reference="4", category="math")
+    prose = Item("w", prompt="Write a haiku.", reference="An example haiku.", category="writing")
+    no_ref = Item("c", prompt="Write a sort.", category="coding")
+    scores = [await judge.ascore(i, "4") for i in (math, prose, no_ref)]
+    users = [req.messages[-1].content for req, _, _ in double.calls]
+    assert "[The Start of Reference Answer]\n4\n" in users[0]
+    assert "Reference Answer" not in users[1] and "Reference Answer" not in users[2]
+    assert [s.detail for s in scores] == ["grade 8.5 (single-math-v1)", "grade 8.5 (single-v1)",
+                                          "grade 8.5 (single-v1)"]
+    assert scores[0].value == pytest.approx(0.85)

@@ -6,6 +6,7 @@ the config by a formula (no LLMs, no simulated world), so each test can know the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -24,6 +25,7 @@ from moa_search.search import (
     price_estimate, run_study,
 )
 from moa_search.catalog import Catalog
+from moa_search.search.records import trial_config, trial_metrics
 from moa_search.study_spec import StudySpec, load_study_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -194,17 +196,27 @@ def test_presets_and_single_models_run_first(tmp_path: Path) -> None:
 
 
 def test_duplicate_configs_are_not_re_evaluated(tmp_path: Path) -> None:
-    spec = make_spec(tmp_path, space={"models": ["w-small-1", "w-small-2"], "aggregators": ["w-mid"],
-                                      "layers": [1, 2], "proposers": [1, 2]}, budget={"trials": 12})
+    space = {"models": ["w-small-1", "w-small-2"], "aggregators": ["w-mid"], "layers": [1, 2], "proposers": [1, 2]}
     evaluator = FormulaEvaluator()
+    run_study(make_spec(tmp_path, space=space, budget={"trials": 2}), evaluator, ITEMS, cost_estimate=formula_estimate)
+    # The random sampler over 4 configs repeats itself, but a repeat is redrawn before it
+    # becomes a trial: one trial per config.
+    spec = make_spec(tmp_path, space=space, budget={"trials": 12})
+    study = optuna.load_study(study_name="s", storage=spec.storage)
+    assert [t.user_attrs["status"] for t in study.trials] == ["complete"] * 2
+    # A repeat that does become a trial (queued, as a retry or a preset is) reuses the metrics.
+    for t in study.trials:
+        study.enqueue_trial(dict(t.params))
     result = run_study(spec, evaluator, ITEMS, cost_estimate=formula_estimate)
     assert len(_hashes(evaluator)) == len(set(_hashes(evaluator)))  # each config evaluated once
     dups = [r for r in result.trials if r.status == "duplicate"]
-    assert dups, "the random sampler over 4 configs must repeat one"
+    assert len(dups) == 2
     by_number = {r.number: r for r in result.trials}
     for d in dups:
         original = by_number[d.duplicate_of]  # type: ignore[index]
-        assert original.config == d.config and original.metrics == d.metrics
+        assert original.config == d.config and d.metrics is not None and original.metrics is not None
+        assert dataclasses.replace(d.metrics, paid_usd=original.metrics.paid_usd) == original.metrics
+        assert d.metrics.paid_usd == 0 and not d.full_fidelity  # free, and PRUNED: not a second best trial
     # The space (4 configs) is exhausted well inside the trial budget (12): every config was
     # evaluated exactly once, and the loop stopped for that reason, not at the budget.
     every = {c.config_hash for c in spec.space.enumerate_configs()}
@@ -313,10 +325,13 @@ def test_early_stopping_fires_on_a_clearly_bad_config_only(tmp_path: Path) -> No
     assert bad.metrics is not None and bad.metrics.n_items == 10
     for good in ("w-strong-cheap", "w-strong-pricey"):
         assert status[good].status == "complete" and status[good].metrics.n_items == 40  # type: ignore[union-attr]
-    # The second stage covers the remaining items only.
+    # Each stage covers new items only, in the study's seeded order (not file order).
+    from moa_search.search.fidelity import staged_order
+    order = staged_order(ITEMS, spec.seed)
+    assert order != ITEMS and sorted(order) == sorted(ITEMS) and order == staged_order(ITEMS, spec.seed)
     strong = MoAConfig.single("w-strong-cheap").config_hash
     parts = [items for h, items, _ in evaluator.log if h == strong]
-    assert parts == [tuple(ITEMS[:10]), tuple(ITEMS[10:])]
+    assert parts == [tuple(order[:10]), tuple(order[10:20]), tuple(order[20:])]
     # A stopped trial is not on the Pareto front.
     assert bad.number not in {r.number for r in result.pareto_front}
 
@@ -404,7 +419,8 @@ def test_cheapest_first_resumes_where_it_stopped(tmp_path: Path) -> None:
     # interrupted one first on resume (its finished stage is served by the call store in real runs).
     order = list(dict.fromkeys(h for h, _, _ in first.log + second.log))
     assert order == list(dict.fromkeys(h for h, _, _ in full_once.log))
-    assert second.log[0][0] == first.log[-1][0]
+    interrupted = next(r for r in load_result(spec.storage, "s").trials if r.status == "interrupted")
+    assert second.log[0][0] == interrupted.config.config_hash  # type: ignore[union-attr]
 
 
 def test_cheapest_first_with_two_worker_processes_finds_the_same_answer(tmp_path: Path) -> None:
@@ -415,10 +431,26 @@ def test_cheapest_first_with_two_worker_processes_finds_the_same_answer(tmp_path
     assert len(evaluated) == len(set(evaluated))  # no config evaluated twice
 
 
-def test_cheapest_first_needs_constrained_mode(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as err:
-        make_spec(tmp_path, sampler={"name": "cheapest-first"})
-    assert err.value.field == "sampler.name" and "constrained" in str(err.value)
+def test_cheapest_first_in_pareto_mode_walks_by_what_a_config_costs_now(tmp_path: Path) -> None:
+    """Without a target the walk takes the config cheapest to evaluate *now*: proposer calls
+    earlier trials made are free, so a config reusing them comes before one with a lower list
+    price that reuses nothing; the budget ends the walk."""
+    from moa_search.search.budget import covered_calls, uncached_share
+    spec = make_spec(tmp_path, sampler={"name": "cheapest-first"}, budget={"trials": 12},
+                     space={"models": ["w-small-1", "w-small-2", "w-mid"], "aggregators": ["w-mid", "w-strong-cheap"],
+                            "layers": [1, 3], "proposers": [1, 2]})
+    estimate = price_estimate(spec.load_catalog())
+    result = run_study(spec, FormulaEvaluator(), ITEMS, cost_estimate=estimate)
+    walked = [r.config for r in sorted(result.trials, key=lambda r: r.number) if r.config is not None]
+    assert len(walked) == 12 and len({c.config_hash for c in walked}) == 12
+    every = spec.space.enumerate_configs()
+    for i, config in enumerate(walked):
+        covered = covered_calls(estimate, [(c, len(ITEMS)) for c in walked[:i]])
+        now = {c.config_hash: estimate(c) * uncached_share(estimate, c, len(ITEMS), covered) for c in every}
+        left = [h for h in now if h not in {c.config_hash for c in walked[:i]}]
+        assert now[config.config_hash] == pytest.approx(min(now[h] for h in left))
+    lists = [estimate(c) for c in walked]
+    assert lists != sorted(lists)  # not the list-price order
 
 
 def test_a_target_no_config_meets_is_reported_with_the_best_found(tmp_path: Path) -> None:
@@ -482,23 +514,37 @@ def test_pareto_front_is_optunas_and_trials_record_everything(tmp_path: Path) ->
     assert result.is_simulated and result.directions == ("maximize", "minimize", "minimize")
     t = next(t for t in study.trials if t.user_attrs.get("status") == "complete")
     attrs = t.user_attrs
-    assert MoAConfig.from_dict(attrs["config"]).config_hash == attrs["config_hash"]
-    m = attrs["metrics"]
-    for key in ("quality_low", "quality_high", "n_items", "cost_by_role", "cost_by_model", "tokens_in",
-                "latency_p50_s", "latency_p95_s", "calls", "cached_calls", "paid_usd", "simulated"):
-        assert key in m
-    assert t.values == [m["quality"], m["cost_usd_per_item"], m["latency_p50_s"]]
+    assert trial_config(t).config_hash == attrs["config_hash"]  # type: ignore[union-attr]
+    assert attrs["config"] == trial_config(t).summary()  # type: ignore[union-attr]
+    for key in ("quality_ci_low", "quality_ci_high", "n_items", "cost_usd_per_item_by_role",
+                "cost_usd_per_item_by_model", "tokens_in", "latency_p50_s", "latency_p95_s", "calls",
+                "cached_calls", "paid_usd", "simulated", "price_table"):
+        assert key in attrs
+    assert t.values == [attrs["quality"], attrs["cost_usd_per_item"], attrs["latency_p50_s"]]
+    assert trial_metrics(t).item_values  # type: ignore[union-attr]  # per-item data, out of the attributes
+    assert not {"metrics", "item_values", "item_latency_s"} & set(attrs)
 
 
 def test_pareto_front_lists_each_non_dominated_config_once(tmp_path: Path) -> None:
-    """Repeats of a front config are told to Optuna with the same values, so they are in its
-    ``best_trials`` too; the front must still name each config once, and only undominated ones."""
-    spec = make_spec(tmp_path, space={"models": ["w-small-1", "w-small-2"], "aggregators": ["w-mid", "w-strong-cheap"],
-                                      "layers": [1, 2], "proposers": [1, 2]}, budget={"trials": 40})
+    """A repeat of an evaluated config that does become a trial (here: queued by hand, as a
+    retry or a preset would be) reuses the metrics but is told PRUNED, so Optuna's
+    ``best_trials`` holds each config once; the front names only undominated configs."""
+    space = {"models": ["w-small-1", "w-small-2"], "aggregators": ["w-mid", "w-strong-cheap"],
+             "layers": [1, 2], "proposers": [1, 2]}
+    spec = make_spec(tmp_path, space=space, budget={"trials": 4})
+    first = run_study(spec, FormulaEvaluator(), ITEMS, cost_estimate=formula_estimate)
+    study = optuna.load_study(study_name="s", storage=spec.storage)
+    for r in first.pareto_front:
+        study.enqueue_trial(spec.space.config_to_params(r.config))  # type: ignore[arg-type]
+    spec = make_spec(tmp_path, space=space, budget={"trials": 40})
     result = run_study(spec, FormulaEvaluator(), ITEMS, cost_estimate=formula_estimate)
     front = {r.config.config_hash for r in result.pareto_front}  # type: ignore[union-attr]
     repeats = [r for r in result.trials if r.status == "duplicate" and r.config.config_hash in front]  # type: ignore[union-attr]
     assert repeats, "the study must repeat a front config, or this test proves nothing"
+    assert all(not r.full_fidelity for r in repeats)  # PRUNED, not COMPLETE
+    best = optuna.load_study(study_name="s", storage=spec.storage).best_trials
+    best_hashes = [t.user_attrs["config_hash"] for t in best]
+    assert sorted(best_hashes) == sorted(set(best_hashes)) == sorted(front)
     assert 0 < len(front) < len(result.evaluated)  # some configs are dominated
     for loaded in (result, load_result(spec.storage, "s")):
         _assert_front_is_exact(loaded)
@@ -546,3 +592,133 @@ def test_price_estimate_grows_with_proposers_and_depth() -> None:
     lite = estimate(BUILTIN_PRESETS["moa-lite"].config)
     full = estimate(BUILTIN_PRESETS["moa"].config)
     assert 0 < single < lite < full
+
+
+# ---- issue 15: redraws, cache-aware estimates, sequential looks, the grid's enumeration ------------
+
+class _StuckSampler(optuna.samplers.BaseSampler):
+    """A sampler double that always proposes the same parameters (every choice's first value):
+    the worst case for repeats, which the redraw must get past."""
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> dict:
+        return {}
+
+    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> dict:
+        return {}
+
+    def sample_independent(self, study: Any, trial: Any, name: str, dist: Any) -> Any:
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            return dist.choices[0]
+        return dist.low
+
+
+def test_a_sampler_that_repeats_itself_is_redrawn_into_new_configs(tmp_path: Path) -> None:
+    from moa_search.search.samplers import TrialSeededSampler
+    spec = make_spec(tmp_path, budget={"trials": 6})
+    sampler = TrialSeededSampler(lambda seed: _StuckSampler(), 1, 0, spec.space)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", directions=["maximize"],
+                                sampler=sampler)
+    seen = []
+    for _ in range(6):
+        trial = study.ask()
+        config = spec.space.suggest(trial)
+        trial.set_user_attr("config_hash", config.config_hash)
+        trial.set_user_attr("status", "complete")
+        study.tell(trial, 0.5)
+        seen.append(config.config_hash)
+    assert len(set(seen)) == 6  # the stuck proposal once, then uniform redraws of new configs
+    assert sampler.redraws >= 5
+
+
+def test_the_estimate_knows_which_calls_the_store_already_holds(tmp_path: Path) -> None:
+    from moa_search.search.budget import covered_calls, uncached_share
+    spec = make_spec(tmp_path)
+    estimate = price_estimate(spec.load_catalog())
+    a = MoAConfig.from_dict({"layers": [[{"model": "w-small-1"}, {"model": "w-small-2"}]],
+                             "aggregator": {"model": "w-mid"}})
+    b = MoAConfig.from_dict({"layers": [[{"model": "w-small-1"}, {"model": "w-small-2"}]],
+                             "aggregator": {"model": "w-strong-cheap"}})
+    covered = covered_calls(estimate, [(a, 40)])
+    assert uncached_share(estimate, a, 40, covered) == 0.0  # every call made
+    share = uncached_share(estimate, b, 40, covered)  # its proposers' calls are shared
+    agg = estimate.calls(b)[-1][1]
+    assert share == pytest.approx(agg / estimate(b)) and 0 < share < 1
+    # made on the first 20 items only (an early stop): the other 20 are still to pay
+    half = covered_calls(estimate, [(a, 20)])
+    assert uncached_share(estimate, a, 40, half) == pytest.approx(0.5)
+    assert uncached_share(estimate, MoAConfig.single("w-small-3"), 40, covered) == 1.0
+    assert uncached_share(formula_estimate, b, 40, covered) == 1.0  # an estimate without calls
+
+
+def test_candidates_take_the_proposal_cheapest_to_evaluate_now(tmp_path: Path) -> None:
+    """The first candidate is the proposal ``candidates = 1`` would take, so with more the
+    chosen config is never dearer; over a study it is cheaper on average."""
+    from moa_search.search.samplers import build_sampler
+    costs = {}
+    for n in (1, 4):
+        (tmp_path / f"c{n}").mkdir()
+        spec = make_spec(tmp_path / f"c{n}", space={"models": ["w-small-1", "w-small-2", "w-mid", "w-weak-pricey"],
+                                                    "aggregators": ["w-mid", "w-strong-pricey"],
+                                                    "layers": [1, 3], "proposers": [1, 4]},
+                         sampler={"name": "random", "options": {}}, budget={"trials": 12})
+        spec = dataclasses.replace(spec, sampler=dataclasses.replace(spec.sampler, options={"candidates": n}))
+        estimate = price_estimate(spec.load_catalog())
+        run_study(spec, FormulaEvaluator(), ITEMS, cost_estimate=estimate)
+        study = optuna.load_study(study_name="s", storage=spec.storage)
+        sampled = [t for t in study.trials if "fixed_params" not in t.system_attrs]
+        costs[n] = [estimate(spec.space.suggest(optuna.trial.FixedTrial(t.params))) for t in sampled]
+    assert sum(costs[4]) < sum(costs[1])
+    assert isinstance(build_sampler(spec, seed=1), optuna.samplers.BaseSampler)
+
+
+def test_sequential_looks_stop_at_the_first_look_that_is_clear(tmp_path: Path) -> None:
+    from moa_search.search.fidelity import fidelity_looks, look_confidence, staged_order
+    assert fidelity_looks(10, 40) == [10, 20] and fidelity_looks(16, 48) == [16, 32]
+    assert fidelity_looks(16, 16) == [] and fidelity_looks(5, 41) == [5, 10, 20, 40]
+    assert look_confidence(0.9, 2) == pytest.approx(0.95) and look_confidence(0.9, 1) == pytest.approx(0.9)
+    spec = make_spec(tmp_path, space={"models": ["w-mid"], "aggregators": ["w-strong-cheap", "w-weak-pricey"],
+                                      "layers": [1, 1], "proposers": [1, 1]},
+                     objectives={"mode": "constrained", "target": 0.6, "target_confidence": 0.9},
+                     budget={"trials": 4}, fidelity={"enabled": True, "first_items": 5, "confidence": 0.9})
+    evaluator = FormulaEvaluator()
+    result = run_study(spec, evaluator, ITEMS, cost_estimate=formula_estimate)
+    weak = next(r for r in result.trials if r.config.aggregator.model == "w-weak-pricey")  # type: ignore[union-attr]
+    assert weak.status == "stopped_early" and "below target" in weak.note
+    parts = [items for h, items, _ in evaluator.log if h == weak.config.config_hash]  # type: ignore[union-attr]
+    assert sum(len(p) for p in parts) < len(ITEMS) and parts[0] == tuple(staged_order(ITEMS, spec.seed)[:5])
+
+
+def test_the_grid_enumerates_the_space_once_per_study_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moa_search.space import SearchSpace
+    calls = []
+    real = SearchSpace.enumerate_configs
+
+    def counting(self: SearchSpace, *args: Any, **kwargs: Any) -> Any:  # a spy on the real method
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SearchSpace, "enumerate_configs", counting)
+    spec = make_spec(tmp_path, budget={"trials": 8}, sampler={"name": "grid"})
+    result = run_study(spec, FormulaEvaluator(), ITEMS, cost_estimate=formula_estimate)
+    assert len(_counted(result)) == 8
+    assert len(calls) <= 2  # the sampler's grid and the loop's index, not once per trial
+
+
+def test_a_proposal_a_perfect_config_dominates_by_estimate_is_not_evaluated(tmp_path: Path) -> None:
+    from moa_search.search.pareto_skip import known_dominated
+    sim = load_study_spec(Path(__file__).resolve().parent.parent / "studies" / "sim-demo.toml")
+    estimate = price_estimate(sim.load_catalog())
+    cheap = MoAConfig.single("meta-llama/Llama-3-8b-chat-hf")
+    dear = MoAConfig.from_dict({"layers": [[{"model": "Qwen/Qwen1.5-72B-Chat"}, {"model": "microsoft/WizardLM-2-8x22B"}]],
+                                "aggregator": {"model": "Qwen/Qwen1.5-110B-Chat"}})
+    metrics = ("quality", "cost", "latency")
+    assert known_dominated(dear, [cheap], estimate, metrics)  # dearer and slower than a perfect config
+    assert not known_dominated(cheap, [dear], estimate, metrics)  # cheaper: could be on the front
+    assert not known_dominated(dear, [], estimate, metrics)
+    # without typed speeds (the formula world's catalog) latency has no estimate: nothing is skipped
+    spec = make_spec(tmp_path)
+    plain = price_estimate(spec.load_catalog())
+    small = MoAConfig.single("w-small-1")
+    big = MoAConfig.from_dict({"layers": [[{"model": "w-mid"}, {"model": "w-small-2"}]], "aggregator": {"model": "w-mid"}})
+    assert not known_dominated(big, [small], plain, metrics)
+    assert known_dominated(big, [small], plain, ("quality", "cost"))

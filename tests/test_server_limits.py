@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import select
 import socket
@@ -427,8 +428,10 @@ def test_the_commands_take_the_options(command: list[str], preset_file: Path, tm
         deadline = time.monotonic() + 60
         while not (match := re.search(r"on http://127\.0\.0\.1:(\d+)/v1", "".join(log))):
             assert process.poll() is None and time.monotonic() < deadline, "".join(log)
+            # the fd, not readline(): that would buffer the banner's second line where select()
+            # never sees it, and the wait would hang (the banner wraps at 80 columns)
             if select.select([process.stderr], [], [], 0.2)[0]:
-                log.append(process.stderr.readline())  # type: ignore[union-attr]
+                log.append(os.read(process.stderr.fileno(), 65536).decode())  # type: ignore[union-attr]
         with connect(int(match.group(1))) as s:
             s.sendall(head(10)[:30])
             reply = read_to_eof(s)

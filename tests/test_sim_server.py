@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -117,6 +118,50 @@ def test_x_sample_index_reaches_the_provider(server: SimServer) -> None:
     assert "#0:" in post(server, chat_body()).json()["choices"][0]["message"]["content"]
 
 
+def test_seed_picks_the_sample_unless_x_sample_index_does(server: SimServer) -> None:
+    assert "#12:" in post(server, chat_body(seed=12)).json()["choices"][0]["message"]["content"]
+    assert "#3:" in post(server, chat_body(seed=12, x_sample_index=3)).json()["choices"][0]["message"]["content"]
+    assert "#%d:" % (-1 % 2**31) in post(server, chat_body(seed=-1)).json()["choices"][0]["message"]["content"]
+
+
+def sse_events(server: SimServer, body: dict[str, Any]) -> list[tuple[float, Any]]:
+    """(arrival time, parsed body or "[DONE]") of each server-sent event."""
+    out: list[tuple[float, Any]] = []
+    with httpx.stream("POST", f"{server.base_url}/chat/completions", json=body, timeout=10) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line:
+                assert line.startswith("data: ")
+                out.append((time.monotonic(), "[DONE]" if line == "data: [DONE]" else json.loads(line[6:])))
+    return out
+
+
+def test_streaming_sends_the_answer_as_openai_chunks(server: SimServer) -> None:
+    events = sse_events(server, chat_body(stream=True, stream_options={"include_usage": True}))
+    bodies = [b for _, b in events[:-1]]
+    assert events[-1][1] == "[DONE]" and {b["object"] for b in bodies} == {"chat.completion.chunk"}
+    assert len({b["id"] for b in bodies}) == 1 and bodies[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(b["choices"][0]["delta"].get("content", "") for b in bodies if b["choices"])
+    assert text == "  echo test/small#0: hello world  "  # as the non-streamed reply, byte for byte
+    finish = [b for b in bodies if b["choices"] and b["choices"][0]["finish_reason"]]
+    assert [f["choices"][0]["finish_reason"] for f in finish] == ["stop"]
+    assert finish[0]["x_simulated"] is True and finish[0]["x_latency_s"] == pytest.approx(0.05)
+    assert bodies[-1]["choices"] == [] and bodies[-1]["usage"] == {
+        "prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}
+    assert "usage" not in sse_events(server, chat_body(stream=True))[-2][1]  # only when asked for
+
+
+def test_streaming_spreads_the_latency_over_the_tokens() -> None:
+    """The first token comes at once (this double reports no time to first token), the last one
+    after (nearly) the whole latency: a floor, since sleeping never ends early."""
+    with SimServer(EchoProvider(), latency_override_s=0.5) as s:
+        events = sse_events(s, chat_body(stream=True, messages=[{"role": "user", "content": "x" * 80}]))
+    content = [t for t, b in events if b != "[DONE]" and b["choices"] and b["choices"][0]["delta"].get("content")]
+    assert len(content) >= 5  # about a token a chunk, not the answer in one piece
+    assert content[-1] - content[0] >= 0.5 * (1 - 2 / len(content))
+    assert events[-1][0] - content[0] >= 0.45
+
+
 def test_models_lists_the_catalog(server: SimServer) -> None:
     data = httpx.get(f"{server.base_url}/models").json()
     assert data["object"] == "list"
@@ -149,7 +194,12 @@ def test_the_openai_sdk_can_talk_to_it(server: SimServer) -> None:
     ({"max_tokens": 0}, "max_tokens"),
     ({"max_tokens": 1.5}, "max_tokens"),
     ({"x_sample_index": -1}, "x_sample_index"),
-    ({"stream": True}, "stream"),
+    ({"stream": "yes"}, "stream"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),
+    ({"stop": 5}, "stop"),
+    ({"top_p": 2}, "top_p"),
+    ({"seed": "x"}, "seed"),
+    ({"max_tokens": 4, "max_completion_tokens": 5}, "max_tokens"),
     ({"n": 2}, "n"),
 ])
 def test_bad_body_is_400_naming_the_param(server: SimServer, overrides: dict[str, Any], param: str) -> None:

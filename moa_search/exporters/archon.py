@@ -1,7 +1,7 @@
-"""Archon (ScalingIntelligence/Archon) configs, exported and imported.
+"""Archon (ScalingIntelligence/Archon) configs, exported; importing is ``importers.archon``.
 
-Archon runs a list of layers; each layer is a list of components. Only two component types mean
-something in a Mixture-of-Agents, and the mapping follows Archon's own ``MoA.json``:
+Archon runs a list of layers; each layer is a list of components. The mapping follows Archon's
+own ``MoA.json``:
 
 ==========================================  ==============================================
 moa_search                                  Archon
@@ -12,33 +12,37 @@ proposer layer k > 1 (sees layer k-1)       a layer of ``fuser`` entries (Archon
                                             what reads the previous layer's candidates)
 aggregator                                  a final layer with one ``fuser``, ``samples: 1``
 single model (no proposer layers)           one layer with one ``generator``
-n identical agents in a layer (Self-MoA)    one entry with ``samples: n``
+n identical agents in a row (Self-MoA)      one entry with ``samples: n``
 ==========================================  ==============================================
 
+Faithful only for ``prompt_style = "archon"`` configs: those are measured with the messages
+Archon sends (its generator system message and fuser template, candidates in component order),
+and the entries keep the config's order. A ``"moa"``-style config was measured with the MoA
+aggregate-and-synthesize prompt, which Archon cannot send; exporting one is refused unless
+``allow_prompt_change``, and the file's notes then say so. Per-agent system prompts have no
+Archon field and are refused.
+
 ``model_type`` says which of Archon's built-in generators calls the model; it is chosen from the
-endpoint's host: api.together.xyz → ``Together_API``, api.openai.com → ``OpenAI_API``,
-api.anthropic.com → ``Anthropic_API``, api.groq.com → ``Groq_API``,
-generativelanguage.googleapis.com → ``Google_API``. Any other endpoint (vLLM, Ollama, a gateway)
-needs an Archon custom generator; pass its name with ``model_types={model: name}``. ``top_k`` is
-written as 1, as in Archon's configs (generators and fusers do not read it).
+endpoint's host (``HOST_MODEL_TYPES``). Archon's Together generator posts to a fixed URL; the one
+unpatched route to another OpenAI-compatible endpoint (vLLM, a gateway, the sim-server) is
+``model_type: "OpenAI_API"`` with ``OPENAI_BASE_URL`` set when Archon runs (the OpenAI client
+reads it), so one such endpoint per file: ``model_types={model: "OpenAI_API"}``, on the command
+line ``--archon-model-type MODEL=OpenAI_API``. Archon's custom generators are no way out for an
+MoA: its Fuser builds its Generator without them.
 
-Not carried over, by construction: Archon's fuser uses its own fusion prompt, not this toolkit's
-aggregate-and-synthesize template, and adds its own system message; so an exported config makes
-the same calls with the same sampling parameters but not byte-identical messages. Per-agent
-system prompts have no Archon field and are refused on export.
-
-Import refuses components with no MoA meaning (ranker, critic, verifier, unit test generator /
-evaluator, custom components), naming the layer and component, rather than dropping them.
+The file also carries a ``moa_search`` object (Archon never reads it): the prompt style and
+config hash the export came from, and notes, so that importing it back gives the same config.
+``top_k`` is written as 1, as in Archon's configs (generators and fusers do not read it).
 """
 
 from __future__ import annotations
 
-from itertools import groupby
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..catalog import Catalog
-from ..config import DEFAULT_PROMPT_TEMPLATE, AgentSpec, MoAConfig
+from ..config import AgentSpec, MoAConfig
 from ..errors import ConfigError
+from ..importers.archon import EXPORT_KEY, from_archon
 from ..preset import PresetFile
 
 HOST_MODEL_TYPES: dict[str, str] = {
@@ -50,152 +54,109 @@ HOST_MODEL_TYPES: dict[str, str] = {
     "generativelanguage.googleapis.com": "Google_API",
 }
 
-NON_MOA_COMPONENTS: dict[str, str] = {
-    "ranker": "it reorders and filters candidates",
-    "critic": "it writes critiques of candidates instead of answers",
-    "verifier": "it filters candidates by verification",
-    "unit_test_generator": "it writes unit tests, not answers",
-    "unit_test_evaluator": "it ranks candidates by unit tests",
-}
+ARCHON_MODEL_TYPES = ("Together_API", "OpenAI_API", "Anthropic_API", "Groq_API", "Google_API",
+                      "tgi", "Bedrock_API", "vLLM")
+"""The generators built into Archon (its ``GENERATE_MAP`` and ``vLLM``)."""
 
-_ENTRY_KEYS = {"type", "model", "model_type", "temperature", "max_tokens", "samples", "top_k",
-               "max_context_length"}
-"""Accepted on import. ``top_k`` and ``max_context_length`` are not read by Archon's generator
-and fuser, so ignoring them changes nothing; anything else (``no_system``, ``length_control``, …)
-changes what is sent and is refused."""
+_OPENAI_HOST = "api.openai.com"
+
+__all__ = ["ARCHON_MODEL_TYPES", "HOST_MODEL_TYPES", "from_archon", "to_archon"]
 
 
 def to_archon(preset_or_config: PresetFile | MoAConfig, *, catalog: Catalog | None = None,
-              model_types: Mapping[str, str] | None = None) -> dict[str, Any]:
+              model_types: Mapping[str, str] | None = None,
+              allow_prompt_change: bool = False) -> dict[str, Any]:
     """The Archon config dict. A bare config takes endpoints from ``catalog`` (default: built-in)."""
-    if isinstance(preset_or_config, PresetFile):
-        config, name = preset_or_config.config, preset_or_config.name
-        base_url = lambda m: preset_or_config.model(m).base_url  # noqa: E731
-    elif isinstance(preset_or_config, MoAConfig):
-        config, name = preset_or_config, f"moa-search-{preset_or_config.config_hash}"
-        cat = catalog if catalog is not None else Catalog.default()
-        base_url = lambda m: cat.get(m).endpoint.base_url  # noqa: E731
-    else:
-        raise TypeError(f"expected a PresetFile or MoAConfig, got {type(preset_or_config).__name__}")
-    if config.prompt_template != DEFAULT_PROMPT_TEMPLATE:
-        raise ConfigError(f"Archon fuses with its own prompt; template {config.prompt_template!r} "
-                          "cannot be carried over", field="prompt_template")
-    overrides = dict(model_types or {})
-    types = {m: overrides.get(m) or _model_type(m, base_url(m)) for m in config.models}
+    config, name, base_url = _source(preset_or_config, catalog)
+    notes: list[str] = []
+    if config.prompt_style != "archon":
+        if not allow_prompt_change:
+            raise ConfigError(f"{config.prompt_style!r}: this config was measured with the MoA "
+                              "aggregate-and-synthesize prompt, which Archon does not send; export a "
+                              "prompt_style = \"archon\" config (preset export: --prompt-style "
+                              "archon), or pass --allow-prompt-change",
+                              field="prompt_style")
+        notes.append(f"prompts changed: this config (prompt_style {config.prompt_style!r}) was "
+                     "measured with the MoA aggregate-and-synthesize prompt; Archon sends its own "
+                     "generator system message and fuser template, so its answers and quality differ")
+    types = _model_types(config, base_url, dict(model_types or {}), notes)
 
     def entries(kind: str, agents: tuple[AgentSpec, ...], where: str) -> list[dict[str, Any]]:
-        out = []
-        for agent, group in groupby(agents):  # agents are canonically sorted: equal ones adjacent
+        out: list[dict[str, Any]] = []
+        for agent in agents:
             if agent.system_prompt is not None:
                 raise ConfigError("Archon has no per-agent system prompt; this agent's cannot be "
                                   "exported", field=f"{where}.system_prompt")
-            out.append({"type": kind, "model": agent.model, "model_type": types[agent.model],
-                        "top_k": 1, "temperature": agent.temperature,
-                        "max_tokens": agent.max_tokens, "samples": len(list(group))})
-        return out
+            if out and out[-1]["_agent"] == agent:  # equal agents in a row: one entry, samples n
+                out[-1]["samples"] += 1
+                continue
+            out.append({"_agent": agent, "type": kind, "model": agent.model,
+                        "model_type": types[agent.model], "top_k": 1, "temperature": agent.temperature,
+                        "max_tokens": agent.max_tokens, "samples": 1})
+        return [{k: v for k, v in e.items() if k != "_agent"} for e in out]
 
     layers = [entries("generator" if i == 0 else "fuser", layer, f"layers[{i}]")
               for i, layer in enumerate(config.proposer_layers)]
     final_kind = "fuser" if config.proposer_layers else "generator"
     layers.append(entries(final_kind, (config.aggregator,), "aggregator"))
-    return {"name": name, "layers": layers}
+    return {"name": name, "layers": layers,
+            EXPORT_KEY: {"prompt_style": config.prompt_style, "config_hash": config.config_hash,
+                         "notes": notes}}
 
 
-def from_archon(data: Any, *, source: str | None = None) -> MoAConfig:
-    """An MoAConfig from an Archon config dict (the current list form or the older
-    ``{"branches", "models"}`` layer form). ``model_type`` is checked but not kept: endpoints
-    come from the catalog."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"expected an Archon config object, got {type(data).__name__}", source=source)
-    unknown = set(data) - {"name", "layers", "custom"}
+def _source(preset_or_config: PresetFile | MoAConfig,
+            catalog: Catalog | None) -> tuple[MoAConfig, str, Callable[[str], str]]:
+    if isinstance(preset_or_config, PresetFile):
+        preset = preset_or_config
+        return preset.config, preset.name, lambda m: preset.model(m).base_url
+    if isinstance(preset_or_config, MoAConfig):
+        cat = catalog if catalog is not None else Catalog.default()
+        return (preset_or_config, f"moa-search-{preset_or_config.config_hash}",
+                lambda m: cat.get(m).endpoint.base_url)
+    raise TypeError(f"expected a PresetFile or MoAConfig, got {type(preset_or_config).__name__}")
+
+
+def _model_types(config: MoAConfig, base_url: Callable[[str], str], overrides: dict[str, str],
+                 notes: list[str]) -> dict[str, str]:
+    """model -> Archon model_type; an endpoint Archon cannot reach is refused with the way out."""
+    unknown = sorted(set(overrides) - set(config.models))
     if unknown:
-        raise ConfigError(f"unknown key(s) {sorted(unknown)}; expected 'name', 'layers'", source=source)
-    if data.get("custom"):
-        raise ConfigError("custom Archon components have no MoA meaning", source=source, field="custom")
-    raw_layers = data.get("layers")
-    if not isinstance(raw_layers, list) or not raw_layers:
-        raise ConfigError("expected a non-empty list of layers", source=source, field="layers")
+        raise ConfigError(f"{unknown} is not called by this config (it calls {list(config.models)})",
+                          field="--archon-model-type")
+    fused = {a.model for layer in config.proposer_layers[1:] for a in layer}
+    if config.proposer_layers:
+        fused.add(config.aggregator.model)
+    types: dict[str, str] = {}
+    redirected: dict[str, str] = {}
+    for model in config.models:
+        url = base_url(model)
+        kind = overrides.get(model) or _host_type(model, url)
+        if kind not in ARCHON_MODEL_TYPES and model in fused:
+            raise ConfigError(f"{model!r} is a fuser and {kind!r} is not one of Archon's built-in "
+                              "generators; Archon's Fuser builds its Generator without custom ones: "
+                              f"use OpenAI_API with OPENAI_BASE_URL={url}", field="--archon-model-type")
+        if kind == "OpenAI_API" and _host(url) != _OPENAI_HOST:
+            redirected[model] = url
+        types[model] = kind
+    urls = sorted(set(redirected.values()))
+    if len(urls) > 1:
+        raise ConfigError(f"Archon's OpenAI generator reads one OPENAI_BASE_URL, but these models are "
+                          f"served at {len(urls)} URLs: {urls}", field="--archon-model-type")
+    if urls:
+        notes.append(f"run Archon with OPENAI_BASE_URL={urls[0]} (and OPENAI_API_KEY): "
+                     f"{sorted(redirected)} use model_type OpenAI_API to reach it")
+    return types
 
-    layers: list[list[AgentSpec]] = []
-    for i, raw in enumerate(raw_layers):
-        components = _layer_components(raw, i, source)
-        agents: list[AgentSpec] = []
-        for j, entry in enumerate(components):
-            kind = _component_kind(entry, i, j, source)
-            expected = "generator" if i == 0 else "fuser"
-            if kind != expected:
-                why = ("the first layer answers the prompt, so it holds generators" if i == 0 else
-                       "after the first layer components read the previous layer's candidates, "
-                       "which in Archon only a fuser does for MoA")
-                raise ConfigError(f"a {kind!r} component here has no MoA meaning: {why}",
-                                  source=source, field=f"layers[{i}][{j}]")
-            agents.extend(_entry_agents(entry, f"layers[{i}][{j}]", source))
-        layers.append(agents)
 
-    final = layers[-1]
-    if len(final) != 1:
-        raise ConfigError(f"the last layer yields {len(final)} candidates (Archon would return a "
-                          "random one); an MoA ends in exactly one aggregator with samples 1",
-                          source=source, field=f"layers[{len(layers) - 1}]")
+def _host(base_url: str) -> str:
+    return base_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower()
+
+
+def _host_type(model: str, base_url: str) -> str:
     try:
-        return MoAConfig(tuple(tuple(layer) for layer in layers[:-1]), final[0])
-    except ConfigError as exc:
-        raise ConfigError(str(exc).split(": ", 1)[-1], source=source, field=exc.field) from None
-
-
-def _model_type(model: str, base_url: str) -> str:
-    host = base_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower()
-    try:
-        return HOST_MODEL_TYPES[host]
+        return HOST_MODEL_TYPES[_host(base_url)]
     except KeyError:
         raise ConfigError(f"{model!r} is served at {base_url}, which none of Archon's built-in "
-                          f"generators calls ({sorted(set(HOST_MODEL_TYPES.values()))}); register an "
-                          f"Archon custom generator and pass model_types={{{model!r}: 'its name'}}",
-                          field="model_type") from None
-
-
-def _layer_components(raw: Any, i: int, source: str | None) -> list[Any]:
-    if isinstance(raw, Mapping):  # Archon's older layer form
-        if raw.get("branches", 1) != 1:
-            raise ConfigError(f"branches = {raw.get('branches')!r} has no MoA meaning (expected 1)",
-                              source=source, field=f"layers[{i}].branches")
-        raw = raw.get("models")
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError("expected a non-empty list of components", source=source, field=f"layers[{i}]")
-    return raw
-
-
-def _component_kind(entry: Any, i: int, j: int, source: str | None) -> str:
-    where = f"layers[{i}][{j}]"
-    if not isinstance(entry, Mapping):
-        raise ConfigError(f"expected a component object, got {type(entry).__name__}",
-                          source=source, field=where)
-    kind = entry.get("type")
-    if kind in NON_MOA_COMPONENTS:
-        raise ConfigError(f"a {kind!r} component has no Mixture-of-Agents meaning "
-                          f"({NON_MOA_COMPONENTS[kind]}); MoA layers only generate and fuse",
-                          source=source, field=where)
-    if kind not in ("generator", "fuser"):
-        raise ConfigError(f"component type {kind!r} is not an MoA layer (expected 'generator' or "
-                          "'fuser'; custom components cannot be imported)", source=source, field=where)
-    return str(kind)
-
-
-def _entry_agents(entry: Mapping[str, Any], where: str, source: str | None) -> list[AgentSpec]:
-    unknown = set(entry) - _ENTRY_KEYS
-    if unknown:
-        raise ConfigError(f"unsupported key(s) {sorted(unknown)}: they change what Archon sends and "
-                          "have no moa_search equivalent", source=source, field=where)
-    model_type = entry.get("model_type")
-    if not isinstance(model_type, str) or not model_type:
-        raise ConfigError("expected a non-empty string", source=source, field=f"{where}.model_type")
-    for key in ("temperature", "max_tokens"):
-        if key not in entry:
-            raise ConfigError("missing required key", source=source, field=f"{where}.{key}")
-    samples = entry.get("samples", 1)
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ConfigError(f"expected an integer >= 1, got {samples!r}", source=source,
-                          field=f"{where}.samples")
-    agent = AgentSpec.from_value({k: entry[k] for k in ("model", "temperature", "max_tokens") if k in entry},
-                                 field=where, source=source)
-    return [agent] * samples
+                          "generators posts to; pass --archon-model-type "
+                          f"{model}=OpenAI_API (Python: model_types=) and run Archon with "
+                          f"OPENAI_BASE_URL={base_url}", field="model_type") from None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import pprint
 import re
 
+from ..errors import ConfigError
 from ..preset import PresetFile, moa_search_version
 
 _MARKER = re.compile(r"__(PRESET|NAME|VERSION|SUMMARY|NUMBERS|KEYS|FILE)__")
@@ -217,6 +218,10 @@ if __name__ == "__main__":
 
 def to_standalone_script(preset: PresetFile, *, filename: str = "moa_preset.py") -> str:
     """The script's text; ``filename`` is only used in its usage notes."""
+    if preset.config.prompt_style != "moa":  # the script builds the MoA messages only
+        raise ConfigError(f"the standalone script sends the MoA prompts only, not prompt_style "
+                          f"{preset.config.prompt_style!r}; export it with --format archon",
+                          field="prompt_style")
     data = preset.to_dict()
     embedded = {k: data[k] for k in ("format", "name", "config", "config_hash", "prompt_template")}
     # the simulated world's profiles mean nothing to a script that calls real endpoints

@@ -1,4 +1,5 @@
-"""Importers: published benchmark files (and generic JSONL / JSON / CSV) -> validation sets.
+"""Importers: published benchmark files (and generic JSONL / JSON / CSV) -> validation sets;
+other runtimes' configs -> MoA configs (``CONFIG_IMPORTERS``: ``archon``).
 
 ``import_file(path, format)`` reads a file in a registered format and returns a ``Dataset``;
 ``moa-search data import`` writes it as the project's JSONL, and a study's ``[data] source`` /
@@ -14,11 +15,11 @@ from typing import Callable, Iterator
 
 from ..datasets import Dataset, Item
 from ..errors import ConfigError
-from . import benchmarks, generic
+from . import archon, benchmarks, generic
 from ._read import Row
 from .options import FIELD_OPTIONS, ImportOptions
 
-__all__ = ["FIELD_OPTIONS", "IMPORTERS", "ImportOptions", "Importer", "import_file"]
+__all__ = ["CONFIG_IMPORTERS", "FIELD_OPTIONS", "IMPORTERS", "ImportOptions", "Importer", "import_file"]
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,16 @@ IMPORTERS: dict[str, Importer] = {imp.name: imp for imp in (
     Importer("openbookqa", benchmarks.ai2_choice),
     Importer("mmlu", benchmarks.mmlu),
     Importer("alpacaeval", benchmarks.alpacaeval, takes_baseline=True),
+    Importer("alpacaeval_annotations", benchmarks.alpacaeval_annotations),
     Importer("mtbench", benchmarks.mtbench),
     Importer("jsonl", generic.jsonl, takes_fields=True),
     Importer("json", generic.json_array, takes_fields=True),
     Importer("csv", generic.csv_table, takes_fields=True),
 )}
+
+
+CONFIG_IMPORTERS: dict[str, Callable[..., archon.ArchonImport]] = {"archon": archon.read_archon_file}
+"""Runtime name -> reader of one config file (path, catalog, prompt_style=...) for ``moa-search import``."""
 
 
 def import_file(path: str | Path, fmt: str, options: ImportOptions | None = None, *,

@@ -6,12 +6,14 @@ the user points at a file they already have.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Iterator
 
-from ..datasets import Item
+from ..datasets import FollowUp, Item, json_type
 from ..scoring import LETTERS, extract_number
+from ..stats import decode_alpacaeval_preferences
 from ._read import Row, csv_rows, json_rows, jsonl_rows
 from .options import ImportOptions
 
@@ -126,6 +128,47 @@ def alpacaeval(path: Path, opts: ImportOptions) -> Iterator[tuple[Row, Item]]:
                         category=row.text("dataset", optional=True), metadata=metadata)
 
 
+def alpacaeval_annotations(path: Path, opts: ImportOptions) -> Iterator[tuple[Row, Item]]:
+    """AlpacaEval ``annotations.json`` (an array of ``instruction``, ``output_1`` = the
+    baseline's, ``output_2`` = the model's, ``generator_1/2``, ``preference``): judgments
+    already made, for win rates without a judge (``scoring.annotated_win_rates``).
+
+    ``preference`` is 1 (baseline), 2 (model), 1.5 or a fraction (soft), null (unannotated),
+    or 0: a draw, as AlpacaEval 1.0 files write it. It is kept decoded (1-2) in
+    ``metadata.preference``, the model's output in ``metadata.output``. A record may carry
+    ``instruction_difficulty`` (alpaca_eval's per-instruction difficulty, a number); with it on
+    every record the LC win rate uses alpaca_eval's difficulty term."""
+    for n, row in enumerate(json_rows(path), start=1):
+        metadata: dict[str, object] = {"output": row.text("output_2") or ""}
+        preference = row.get("preference", None)
+        if isinstance(preference, float) and math.isnan(preference):
+            preference = None  # NaN (Python's json reads it) is unannotated, as null is
+        if preference is not None:
+            if isinstance(preference, bool) or not isinstance(preference, (int, float)):
+                raise row.fail(f"expected a number, got {json_type(preference)}", "preference")
+            try:
+                metadata["preference"] = float(
+                    decode_alpacaeval_preferences([preference], zero_is_draw=True)[0])
+            except ValueError:
+                raise row.fail(f"expected 1 (baseline wins), 2 (model wins), a value between "
+                               f"them, or 0 (a draw, AlpacaEval 1.0), got {preference!r}",
+                               "preference") from None
+        difficulty = row.get("instruction_difficulty", None)
+        if difficulty is not None:
+            if isinstance(difficulty, bool) or not isinstance(difficulty, (int, float)) \
+                    or not math.isfinite(difficulty):
+                raise row.fail(f"expected a finite number, got {difficulty!r}",
+                               "instruction_difficulty")
+            metadata["instruction_difficulty"] = float(difficulty)
+        for key, source in (("generator", "generator_2"), ("baseline_generator", "generator_1")):
+            value = row.text(source, optional=True)
+            if value:
+                metadata[key] = value
+        yield row, Item(id=f"alpacaeval-{n}", prompt=row.text("instruction") or "",
+                        baseline_output=row.text("output_1") or "",
+                        category=row.text("dataset", optional=True), metadata=metadata)
+
+
 def _outputs_by_instruction(path: Path) -> dict[str, tuple[str | None, str | None]]:
     out: dict[str, tuple[str | None, str | None]] = {}
     for row in json_rows(path):
@@ -136,18 +179,22 @@ def _outputs_by_instruction(path: Path) -> dict[str, tuple[str | None, str | Non
 
 def mtbench(path: Path, opts: ImportOptions) -> Iterator[tuple[Row, Item]]:
     """MT-Bench ``question.jsonl``: ``question_id``, ``category``, ``turns`` and an optional
-    ``reference`` (one answer per turn). Only the first turn is run: it is the prompt and the
-    first reference answer the reference; every turn and reference is kept in ``metadata``
-    (second-turn runs are not implemented)."""
+    ``reference`` (one answer per turn). Every turn is kept: the first is the prompt (its
+    reference answer the item's reference), the later ones are follow-ups asked after the
+    MoA's own answer, each with its reference answer."""
     for row in jsonl_rows(path):
         turns = _strings(row, "turns")
-        reference = _strings(row, "reference") if row.get("reference", None) is not None else None
-        metadata: dict[str, object] = {"turns": turns}
-        if reference is not None:
-            metadata["reference"] = reference
-        yield row, Item(id=row.item_id("question_id"), prompt=turns[0],
-                        reference=reference[0] if reference else None,
-                        category=row.text("category", optional=True), metadata=metadata)
+        reference = _strings(row, "reference") if row.get("reference", None) is not None else []
+        if len(reference) > len(turns):
+            raise row.fail(f"expected at most one reference answer per turn ({len(turns)}), "
+                           f"got {len(reference)}", "reference")
+        for k, turn in enumerate(turns[1:], start=1):
+            if not turn.strip():
+                raise row.fail("expected a non-empty turn", f"turns[{k}]")
+        references = reference + [None] * (len(turns) - len(reference))
+        yield row, Item(id=row.item_id("question_id"), prompt=turns[0], reference=references[0],
+                        category=row.text("category", optional=True),
+                        follow_ups=tuple(FollowUp(t, r) for t, r in zip(turns[1:], references[1:])))
 
 
 def _strings(row: Row, path: str) -> list[str]:

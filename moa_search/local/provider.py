@@ -5,7 +5,7 @@ command needs — reusing one a running ``moa-search local serve`` offers (see `
 any call is made, so a missing file, a taken port or a build without ``llama_cpp`` fails
 before anything is written to the call store. Closing it stops the servers it started.
 
-Three things differ from a remote endpoint, and are set here rather than by the caller:
+Four things differ from a remote endpoint, and are set here rather than by the caller:
 
 * one request in flight per server: a llama.cpp server answers one at a time, so more would
   only queue inside it, where the queueing would be timed as the model's latency;
@@ -13,6 +13,9 @@ Three things differ from a remote endpoint, and are set here rather than by the 
   layer differ from each other; llama.cpp does not promise bit-identical output across runs
   (measured for the SmolLM2 study: 70 of 1,485 repeated requests differed, 21 at temperature 0),
   which is one more reason every answer is kept in the call store and served from it;
+* no ``stream``: llama-cpp-python's server (0.3.36) sends no ``usage`` in a stream, even with
+  ``stream_options.include_usage``, and a call without usage is never booked, so ``serve``
+  fetches a local aggregator's answer whole and sends it as one piece;
 * the call store's endpoint identity is the GGUF file (name and size) and chat format, not the
   URL: ports change from run to run, and a repeated call must still be served from the store.
 """
@@ -89,6 +92,11 @@ class LocalBackendProvider:
 
     def endpoint_identity(self, model: str) -> str:
         return self._identities.get(model) or self._remote.endpoint_identity(model)
+
+    def check_keys(self, models: Sequence[str]) -> None:
+        """The remote models' API-key variables (``OpenAICompatProvider.check_keys``); local
+        servers need none."""
+        self._remote.check_keys([m for m in models if m not in self._identities])
 
     async def complete(self, request: ChatRequest) -> Completion:
         if request.model in self._identities:

@@ -7,7 +7,7 @@ it, so every token spent is accounted for (as inspect_ai puts usage on every mod
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Awaitable, Callable, Literal, Protocol, runtime_checkable
 
 from ..config import canonical_json
 from ..errors import MoASearchError
@@ -36,6 +36,10 @@ class ChatRequest:
     ``sample_index`` distinguishes repeated samples of the same request (Self-MoA: one model
     sampled n times), so temperature > 0 samples stay distinct in the call store while each
     stays reproducible. It is not sent to HTTP endpoints.
+
+    ``top_p``, ``stop`` and ``seed`` are sent upstream only when set (``serve`` sets them on the
+    aggregator from a client's request); unset, they leave the cache key as it always was, so
+    calls stored before they existed are still found.
     """
 
     model: str
@@ -43,6 +47,9 @@ class ChatRequest:
     temperature: float = 0.7
     max_tokens: int = 2048
     sample_index: int = 0
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if not self.messages:
@@ -71,7 +78,19 @@ class ChatRequest:
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "sample_index": self.sample_index,
+            **self.extra_sampling(),
         }
+
+    def extra_sampling(self) -> dict[str, Any]:
+        """The optional sampling parameters that are set, by their OpenAI names."""
+        extra: dict[str, Any] = {}
+        if self.top_p is not None:
+            extra["top_p"] = self.top_p
+        if self.stop:
+            extra["stop"] = list(self.stop)
+        if self.seed is not None:
+            extra["seed"] = self.seed
+        return extra
 
     def cache_key_material(self, endpoint_identity: str) -> str:
         return canonical_json({"endpoint": endpoint_identity, **self.identity()})
@@ -169,3 +188,17 @@ class Provider(Protocol):
     async def complete(self, request: ChatRequest) -> Completion: ...
 
     async def aclose(self) -> None: ...
+
+
+DeltaSink = Callable[[str], Awaitable[None]]
+"""Receives a streamed answer's text pieces, in order, as they arrive."""
+
+
+@runtime_checkable
+class StreamingProvider(Provider, Protocol):
+    """A provider that can also stream: ``stream`` hands each piece of the answer's text to
+    ``on_delta`` as it arrives and returns the same ``Completion`` ``complete`` would (usage,
+    cost, latency), so the call store records a streamed call like any other. Optional: the
+    runner falls back to ``complete`` and hands over the whole text at once."""
+
+    async def stream(self, request: ChatRequest, on_delta: DeltaSink) -> Completion: ...

@@ -24,6 +24,11 @@ Why it looks like this:
   the log and keep it on the endpoint's state (``adapted_rules``); the call is then sent again.
 * Latency is the server's own time when the reply carries it (``SERVER_LATENCY``), else the time
   on the wire; never the wait for a slot (see ``Completion``).
+* ``stream`` is ``complete`` over server-sent events, each content delta handed on as it
+  arrives (``serve`` relays the aggregator's tokens this way). It asks for
+  ``stream_options.include_usage`` and, like ``complete``, refuses a stream that ends without
+  usage rather than count it free. Faults before the first delta are retried as usual; after
+  it the caller already has text, and a retry would hand it over twice, so the call fails.
 * The API key is read from the environment at call time, sent only as a per-request header, and
   every key the catalog names is masked (``keys.scrub``) in every text taken from a reply —
   status line, error body, answer — so it never reaches a log line, exception, store or repr.
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import math
 import os
@@ -40,7 +46,7 @@ import time
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import httpx
 from aiolimiter import AsyncLimiter
@@ -49,8 +55,9 @@ from tenacity.wait import wait_base, wait_random_exponential
 
 from ..catalog import Catalog, Endpoint, ModelInfo, RequestRules
 from ..errors import ConfigError
-from ..keys import remember, scrub, scrub_content
-from .base import AuthError, ChatRequest, Completion, MalformedReplyError, ProviderError, Usage
+from ..keys import StreamScrubber, remember, scrub, scrub_content
+from .base import (AuthError, ChatRequest, Completion, DeltaSink, MalformedReplyError, ProviderError,
+                   Usage)
 from .limits import fit_request
 
 log = logging.getLogger(__name__)
@@ -141,6 +148,7 @@ def request_body(request: ChatRequest, rules: RequestRules) -> dict[str, Any]:
                             rules.max_tokens_field: request.max_tokens}
     if rules.temperature == "any":
         body["temperature"] = request.temperature
+    body.update(request.extra_sampling())  # top_p, stop, seed: only when the request sets them
     return body
 
 
@@ -357,6 +365,12 @@ class OpenAICompatProvider:
     def endpoint_identity(self, model: str) -> str:
         return self.catalog.get(model).endpoint.base_url
 
+    def check_keys(self, models: Iterable[str]) -> None:
+        """Raise ``AuthError`` naming the first API-key variable ``models`` need that is not
+        set: ``serve`` checks before it starts, rather than answer every request with a 502."""
+        for model in models:
+            self._api_key(self.catalog.get(model))
+
     async def aclose(self) -> None:
         client, self._client = self._client, None
         if client is not None:
@@ -365,6 +379,14 @@ class OpenAICompatProvider:
     # ---- one call ------------------------------------------------------------------------
 
     async def complete(self, request: ChatRequest) -> Completion:
+        return await self._call(request, None)
+
+    async def stream(self, request: ChatRequest, on_delta: DeltaSink) -> Completion:
+        """``complete``, streamed: each piece of the answer goes to ``on_delta`` as it arrives
+        (see the module docstring for retries and usage)."""
+        return await self._call(request, on_delta)
+
+    async def _call(self, request: ChatRequest, on_delta: DeltaSink | None) -> Completion:
         info = self.catalog.get(request.model)
         request = fit_request(info, request)  # as Runner.call did; here for direct callers
         base_url = info.endpoint.base_url
@@ -374,7 +396,10 @@ class OpenAICompatProvider:
         while True:
             rules = limits.adapted_rules.get(request.model, info.rules)
             try:
-                return await self._complete(info, request, request_body(request, rules), headers, key, limits)
+                body = request_body(request, rules)
+                if on_delta is not None:
+                    body.update(stream=True, stream_options={"include_usage": True})
+                return await self._complete(info, request, body, headers, key, limits, on_delta)
             except ProviderError as exc:
                 adapted = adapt_rules(rules, str(exc)) if exc.status == 400 else None
                 if adapted is None:
@@ -385,13 +410,15 @@ class OpenAICompatProvider:
                             request.model, exc, _rule_change(rules, adapted))
 
     async def _complete(self, info: ModelInfo, request: ChatRequest, body: dict[str, Any],
-                        headers: dict[str, str], key: str | None, limits: _EndpointLimits) -> Completion:
-        """One call with retries on transient faults."""
+                        headers: dict[str, str], key: str | None, limits: _EndpointLimits,
+                        on_delta: DeltaSink | None = None) -> Completion:
+        """One call with retries on transient faults (for a stream: until its first delta)."""
         base_url = info.endpoint.base_url
         if self.send_sample_index:
             body["x_sample_index"] = request.sample_index
-        if self.send_seed:
+        if self.send_seed:  # the sample index already varies with a request's seed (``Runner``)
             body["seed"] = request.sample_index
+        relay = None if on_delta is None else _Relay(on_delta)
         tokens = estimate_prompt_tokens(request) + request.max_tokens
 
         def before_sleep(state: RetryCallState) -> None:
@@ -406,16 +433,18 @@ class OpenAICompatProvider:
             async for attempt in AsyncRetrying(
                     stop=stop_after_attempt(self.max_retries + 1),
                     wait=_RetryAfterOrBackoff(self.backoff_base_s, self.backoff_max_s),
-                    retry=retry_if_exception(lambda exc: isinstance(exc, _Transient)),
+                    retry=retry_if_exception(lambda exc: isinstance(exc, _Transient)
+                                             and (relay is None or not relay.relayed)),
                     before_sleep=before_sleep, reraise=True):
                 with attempt:
                     attempts += 1
                     data, on_wire_s, reported = await self._attempt(info.endpoint, body, headers, key,
-                                                                    limits, tokens)
+                                                                    limits, tokens, relay)
         except _Transient as exc:
             raise self._final_error(exc, base_url, request.model, attempts) from None
-        return self._completion(info, request, data, on_wire_s, reported,
-                                {"attempts": attempts, "wall_s": time.perf_counter() - started})
+        completion = self._completion(info, request, data, on_wire_s, reported,
+                                      {"attempts": attempts, "wall_s": time.perf_counter() - started})
+        return completion if relay is None else replace(completion, ttft_s=relay.ttft_s)
 
     def _completion(self, info: ModelInfo, request: ChatRequest, data: Any, on_wire_s: float,
                     reported: tuple[float, str] | None, extra: dict[str, Any]) -> Completion:
@@ -442,11 +471,13 @@ class OpenAICompatProvider:
                           extra=extra, wall_s=extra["wall_s"], reply_model=reply_model)
 
     async def _attempt(self, endpoint: Endpoint, body: dict[str, Any], headers: dict[str, str], key: str | None,
-                       limits: _EndpointLimits, tokens: float) -> tuple[Any, float, tuple[float, str] | None]:
+                       limits: _EndpointLimits, tokens: float, relay: "_Relay | None" = None,
+                       ) -> tuple[Any, float, tuple[float, str] | None]:
         """One HTTP exchange: throttled, timed, and classified into success / retry / final error.
 
         Returns the reply, the seconds from sending to having the body (the slot wait excluded),
-        and the server's own time when the reply reports it."""
+        and the server's own time when the reply reports it. With ``relay``, the exchange is a
+        stream; its reply is assembled from the chunks as a ``chat.completion`` body."""
         base_url, timeout_s = endpoint.base_url, self.timeout_for(endpoint)
         if limits.requests is not None:
             await limits.requests.acquire()
@@ -455,9 +486,14 @@ class OpenAICompatProvider:
         client = self._http()  # built on first use (an SSL context: slow), not timed as the model's
         async with limits.semaphore:
             t0 = time.perf_counter()
+            streamed: Any = None
             try:
-                response = await client.post(f"{base_url}/chat/completions", json=body, headers=headers,
-                                             timeout=timeout_s)
+                if relay is None:
+                    response = await client.post(f"{base_url}/chat/completions", json=body, headers=headers,
+                                                 timeout=timeout_s)
+                else:
+                    response, streamed = await relay.exchange(client, f"{base_url}/chat/completions",
+                                                              body, headers, timeout_s, t0)
             except httpx.TimeoutException:
                 raise _Transient(f"timed out after {timeout_s:g}s", kind="timeout") from None
             except httpx.ConnectError as exc:
@@ -467,6 +503,8 @@ class OpenAICompatProvider:
                 raise _Transient(f"{type(exc).__name__}: {scrub(str(exc), key)}", kind="transport") from None
             latency = time.perf_counter() - t0
         status = response.status_code
+        if 200 <= status < 300 and relay is not None:
+            return streamed, latency, server_latency(streamed, response.headers)
         if 200 <= status < 300:
             model = body["model"]
             try:
@@ -537,6 +575,83 @@ class OpenAICompatProvider:
             limits = _EndpointLimits(asyncio.Semaphore(self.concurrency_for(endpoint)), requests, tokens)
             self._limits[endpoint.base_url] = limits
         return limits
+
+
+class _Relay:
+    """One streamed call: reads the server-sent events, hands each content delta on, and
+    assembles the ``chat.completion`` body the non-streamed path would have had. ``relayed``
+    says whether the caller has text yet (then no retry); ``ttft_s`` is the first delta's time."""
+
+    def __init__(self, on_delta: DeltaSink):
+        self.on_delta = on_delta
+        self.relayed = False
+        self.ttft_s: float | None = None
+        self.scrubber = StreamScrubber()  # per attempt (``_read``)
+
+    async def exchange(self, client: httpx.AsyncClient, url: str, body: dict[str, Any],
+                       headers: dict[str, str], timeout_s: float, t0: float) -> tuple[httpx.Response, Any]:
+        async with client.stream("POST", url, json=body, headers=headers, timeout=timeout_s) as response:
+            if not 200 <= response.status_code < 300:
+                await response.aread()  # an error reply: classified by the caller like any other
+                return response, None
+            return response, await self._read(response, body["model"], t0)
+
+    async def _read(self, response: httpx.Response, model: str, t0: float) -> dict[str, Any]:
+        self.scrubber = StreamScrubber()  # an attempt that failed before handing anything on left no text
+        parts: list[str] = []
+        reply: dict[str, Any] = {}
+        finish: Any = None
+        ended = False
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue  # blank separators, comments (": keep-alive"), event names
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                ended = True
+                break
+            try:
+                chunk = json.loads(payload)
+            except ValueError:
+                raise _Transient(f"stream for model {model!r} has a chunk that is not JSON",
+                                 status=200, kind="malformed") from None
+            if not isinstance(chunk, dict) or "error" in chunk:
+                raise _Transient(f"stream for model {model!r} broke off: "
+                                 f"{scrub(str(chunk))[:_MAX_SERVER_MESSAGE]}", status=200, kind="malformed")
+            reply.update({k: v for k, v in chunk.items() if k.startswith("x_") or k == "model"})
+            if isinstance(chunk.get("usage"), dict):
+                reply["usage"] = chunk["usage"]
+            for choice in chunk.get("choices") or ():
+                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                    continue
+                finish = choice.get("finish_reason") or finish
+                delta = choice.get("delta")
+                piece = delta.get("content") if isinstance(delta, dict) else None
+                if isinstance(piece, str):
+                    await self._hand_on(piece, parts, t0)
+        if not ended and finish is None:
+            raise _Transient(f"stream for model {model!r} ended before its last chunk", status=200,
+                             kind="malformed")
+        await self._send(self.scrubber.flush(), t0)
+        reply["choices"] = [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
+                             "finish_reason": finish}]
+        return reply
+
+    async def _hand_on(self, piece: str, parts: list[str], t0: float) -> None:
+        """Leading whitespace is dropped, as ``complete`` strips its text; key values are masked
+        (``StreamScrubber``), and the assembled text is scrubbed whole again when parsed."""
+        if not parts:
+            piece = piece.lstrip()
+        if piece:
+            parts.append(piece)
+            await self._send(self.scrubber.feed(piece), t0)
+
+    async def _send(self, text: str, t0: float) -> None:
+        if not text:
+            return
+        if self.ttft_s is None:
+            self.ttft_s = time.perf_counter() - t0
+        self.relayed = True
+        await self.on_delta(text)
 
 
 def _rule_change(old: RequestRules, new: RequestRules) -> str:

@@ -159,7 +159,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 from ..catalog import Catalog, SimProfile
 from ..config import canonical_json
 from ..errors import ConfigError
-from ..prompts import TEMPLATES
+from ..prompts import TEMPLATES, split_archon_fusion, split_numbered
 from .base import ChatRequest, Completion, Message, Usage
 from .sim_model import (CHARS_PER_TOKEN, JUDGE_LENGTH_BIAS, JUDGE_POSITION_BIAS,
                         JUDGE_UNPARSEABLE_RATE, MAJORITY_FOLLOW, RATING_MID, RATING_NOISE,
@@ -274,8 +274,14 @@ class AnswerKey:
 
 _PAIRWISE_RE = re.compile(r"## Instruction\n\n(?P<instruction>.*?)\n\n## Output \(a\)\n\n(?P<a>.*?)"
                           r"\n\n## Output \(b\)\n\n(?P<b>.*)\n\n## Task\n\n", re.DOTALL)
-_GRADE_RE = re.compile(r"\[Question\]\n(?P<question>.*?)\n\n\[The Start of Assistant's Answer\]\n"
+# MT-Bench grading (FastChat's layouts, prompts.single_grade_judge_messages): one turn, with an
+# optional reference block, or a conversation whose last turn is graded.
+_GRADE_RE = re.compile(r"\[Question\]\n(?P<question>.*?)\n\n"
+                       r"(?:\[The Start of Reference Answer\]\n.*?\n\[The End of Reference Answer\]\n\n)?"
+                       r"\[The Start of Assistant's Answer\]\n"
                        r"(?P<answer>.*)\n\[The End of Assistant's Answer\]", re.DOTALL)
+_GRADE_TURNS_RE = re.compile(r".*### User:\n(?P<question>.*?)\n\n### Assistant A:\n(?P<answer>.*)"
+                             r"\n\n<\|The End of Assistant A's Conversation with User\|>", re.DOTALL)
 _STANDARD_NORMAL = NormalDist()
 _EXTERNAL_ANSWER_RE = re.compile(r"(?:Final answer:\s*(?P<value>[^\s\]]+)|Answer:\s*\((?P<letter>[A-E])\))")
 
@@ -296,18 +302,8 @@ def _reference_texts(messages: Sequence[Message]) -> list[str] | None:
             continue
         for template in TEMPLATES.values():
             pos = message.content.find(template)
-            if pos < 0:
-                continue
-            section = message.content[pos + len(template):]
-            starts: list[tuple[int, int]] = []
-            cursor, i = 0, 1
-            while (found := section.find(f"\n{i}. ", cursor)) >= 0:
-                starts.append((found, found + len(f"\n{i}. ")))
-                cursor, i = found + 1, i + 1
-            if not starts:
-                return None
-            ends = [s for s, _ in starts[1:]] + [len(section)]
-            return [section[body:end] for (_, body), end in zip(starts, ends)]
+            if pos >= 0:
+                return split_numbered(message.content[pos + len(template):])
     return None
 
 
@@ -389,7 +385,8 @@ class SimulatedProvider:
         profile = profile_of(info)
         prompt = _last_user(request.messages)
         pairwise = _PAIRWISE_RE.search(prompt) if "## Output (b)" in prompt else None
-        grade = _GRADE_RE.search(prompt) if pairwise is None and "[The Start of" in prompt else None
+        grade = (_GRADE_RE.search(prompt) or _GRADE_TURNS_RE.match(prompt)) \
+            if pairwise is None and "The Start of" in prompt else None
         if pairwise is not None:
             text, quality, kind = self._pairwise(request, pairwise), None, "pairwise_judge"
             finish = "stop"
@@ -397,9 +394,13 @@ class SimulatedProvider:
             text, quality, kind = self._grade(request, grade), None, "single_grade_judge"
             finish = "stop"
         else:
-            refs = _reference_texts(request.messages)
+            # both fusion layouts are aggregation: Archon's puts the query and the candidates
+            # in the last user message, the MoA one puts the candidates in a system message
+            fusion = split_archon_fusion(prompt)
+            prompt, refs = fusion if fusion is not None else (prompt, _reference_texts(request.messages))
             text, quality, finish = self._answer(request, profile, prompt, refs)
             kind = "aggregate" if refs else "answer"
+        text, finish = cut_at_stop(text, request.stop, finish)
         visible_chars = sum(len(strip_footers(m.content)) for m in request.messages)
         prompt_tokens = max(1, -(-visible_chars // CHARS_PER_TOKEN))
         completion_tokens = count_tokens(text)
@@ -525,6 +526,13 @@ class SimulatedProvider:
         verdict = ("excellent" if k >= 9 else "good" if k >= 7 else "adequate" if k >= 5
                    else "weak" if k >= 3 else "poor")
         return f"The response is {verdict} in helpfulness, accuracy and detail.\n\nRating: [[{k}]]"
+
+
+def cut_at_stop(text: str, stop: Sequence[str], finish: str) -> tuple[str, str]:
+    """The text up to the first of the ``stop`` strings (left out, as OpenAI does) and the
+    finish reason: ``stop`` when one was found, else ``finish`` unchanged."""
+    found = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[:min(found)], "stop") if found else (text, finish)
 
 
 def _digest(request: ChatRequest) -> str:

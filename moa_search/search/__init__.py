@@ -7,7 +7,8 @@ shared by parallel workers, and reported on (``load_result``) without any other 
 
 One module per concept: ``records`` (what a trial records, what a study returns), ``budget``
 (cost estimates, spend), ``fidelity`` (early stopping, merging stages), ``samplers`` (and
-``cost_order``, the cheapest-first sampler), ``storage`` (Optuna storage and study),
+``cost_order``, the cheapest-first sampler, and ``pareto_skip``, the proposals a sampler
+redraws unpaid), ``storage`` (Optuna storage and study),
 ``prepare`` (creating a study once), ``loop`` (the study loop), ``results`` (reading back).
 """
 

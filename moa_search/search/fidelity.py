@@ -1,35 +1,56 @@
-"""Multi-fidelity: stop a clearly worse config after its first items, merge the two stages.
+"""Multi-fidelity: stop a clearly worse config after some of its items, merge the stages.
 
 Multi-fidelity rule (ours: Optuna's pruners do not handle multi-objective studies). With
-``[fidelity] enabled`` and more items than ``first_items``, a trial first runs on the first
-``first_items`` items only, then stops early when, at one-sided confidence ``c``
-(``[fidelity] confidence``, Student-t bounds):
+``[fidelity] enabled`` and more items than ``first_items``, a trial runs its items, in the
+study's seeded random order (``staged_order``), in growing stages and is checked after each but the last (``fidelity_looks``: after ``first_items``, then
+after twice as many, and so on while items remain). It stops at a look when, at the per-look
+one-sided confidence ``1 - (1 - c) / K`` (``c`` = ``[fidelity] confidence``, ``K`` = the number
+of looks; the tests each rule uses are named below):
 
 * *dominated*: some fully evaluated config R is no worse on every other objective (cost per item
-  and/or latency p50, as measured on the subset) and the upper bound of the paired mean quality
-  difference (this - R) over the shared subset items is below 0; in constrained mode R must
-  also be feasible and only cost counts;
-* *below target* (constrained mode): the upper bound of this config's subset quality is below
-  the target.
+  and/or latency p50, as measured on the subset) and "this config's quality is no worse than
+  R's" is rejected: half the look's error goes to one test of this config's values against the
+  best such R's quality (exact: measured on every item; ``stats.bounded_p_at_least``), half to
+  paired tests on the shared items, each of the m references at an m-th of it (Bonferroni): the
+  exact sign test for 0/1 scores, Hoeffding's bound for graded scores in [0, 1], the Student-t
+  bound otherwise (``stats.paired_p_below_zero``); in constrained mode R must also be feasible
+  and only cost counts;
+* *below target* (constrained mode): "quality >= target" is rejected, at half the look's error,
+  on the items so far, by the exact binomial tail for 0/1 scores, else Hoeffding's Chernoff bound when every item's value is in [0, 1] (``stats.bounded_p_at_least``:
+  valid for any bounded scores and far sharper than a t bound for 0/1 scores near the target),
+  else by the Student-t upper bound.
 
-Otherwise it evaluates the remaining items only and merges both parts. A stopped trial is told
+Otherwise it evaluates the next stage only and merges it with the ones before.
+
+Why the per-look confidence makes the looks valid: a config is wrongly stopped if any of its
+``K`` checks errs; each errs with probability at most ``(1 - c) / K``, so by the union bound
+(Bonferroni alpha spending, valid whatever the looks' correlation and whenever the trial stops)
+all of them together err with probability at most ``1 - c``, the error rate a single look at
+confidence ``c`` had. Within a look the two rules share its error: the paired tests take half;
+the below-target test and the one-sample dominance test take the other half together (a
+feasible reference's quality is at least the target, so the second rejects whenever the first
+does). More looks buy earlier stops for a stricter level per look: a config far below the
+target stops after ``first_items``, a marginal one after twice as many, instead of running
+every item. A stopped trial is told
 to Optuna as PRUNED (so it never enters ``study.best_trials``), its subset metrics kept in its
-user attributes. Pairing against the same items is what makes 20 items enough to call a
-config "clearly" worse; the comparison with several fully evaluated configs is not corrected
-for multiplicity, which makes the rule somewhat more eager at low ``c``.
+user attributes. Pairing against the same items is what makes 16 items enough to call a
+config "clearly" worse. Every test here is valid without a normality assumption when scores
+are in [0, 1] (the Student-t bounds used before stopped true-front configs in the benchmark:
+with 0/1 scores near 0 or 1 their error rate is far above the nominal one).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Mapping, Sequence
 
 import numpy as np
 from optuna.trial import FrozenTrial
 
-from ..stats import bootstrap_ci, mean_bound
+from ..stats import bootstrap_ci, bounded_p_at_least, mean_bound, paired_p_below_zero
 from ..study_spec import StudySpec
-from .records import TrialMetrics, _objective_values
+from .records import TrialMetrics, _objective_values, trial_metrics
 
 #: Two-sided level of the CIs this module computes when it merges fidelity stages.
 CI_LEVEL = 0.95
@@ -75,35 +96,98 @@ def merge_metrics(a: TrialMetrics, b: TrialMetrics) -> TrialMetrics:
     )
 
 
+def staged_order(items: Sequence[str], seed: int) -> list[str]:
+    """The order fidelity stages take the items in: a permutation fixed by the study seed.
+
+    Why not file order: the bounds above hold for items drawn at random from the study's set,
+    and a file sorted by category or difficulty would make its first items a biased sample (a
+    config strong on the hard half stopped on the easy half). Why one order for every trial:
+    paired tests need shared items, and an early-stopped config's calls then cover a prefix
+    that later trials reuse through the call store (``budget.covered_calls``)."""
+    return sorted(items, key=lambda i: hashlib.sha256(f"{seed}|{i}".encode()).digest())
+
+
+def fidelity_looks(first_items: int, n_items: int) -> list[int]:
+    """The item counts after which a trial is checked: ``first_items``, doubling, below ``n_items``."""
+    looks, n = [], max(1, first_items)
+    while n < n_items:
+        looks.append(n)
+        n *= 2
+    return looks
+
+
+def look_confidence(confidence: float, n_looks: int) -> float:
+    """The one-sided confidence of each of ``n_looks`` checks such that the chance that any of
+    them errs is at most ``1 - confidence`` (union bound)."""
+    return 1.0 - (1.0 - confidence) / max(1, n_looks)
+
+
 def early_stop_reason(first: TrialMetrics, number: int, spec: StudySpec, target: float | None,
-                      trials: Sequence[FrozenTrial]) -> str | None:
-    """Why trial ``number``, measured on its first items, stops early (the rule above), or None."""
-    conf = spec.fidelity.confidence
+                      trials: Sequence[FrozenTrial], confidence: float | None = None) -> str | None:
+    """Why trial ``number``, measured on its items so far (``first``), stops early (the rule
+    above), or None. ``confidence`` is the per-look level (default: ``[fidelity] confidence``)."""
+    conf = spec.fidelity.confidence if confidence is None else confidence
     constrained = spec.objectives.mode == "constrained"
     if constrained and target is not None:
-        ucb = mean_bound(first.item_values.values(), conf, upper=True)
+        # Half the look's error, as the one-sample dominance test below has: a feasible
+        # reference's quality is >= the target, so that test rejects whenever this one does at
+        # the same level, and the two together err at most half the look's error (the paired
+        # tests take the other half). At the full error they would together take 1.5 times it.
+        alpha = (1 - conf) / 2
+        p = bounded_p_at_least(first.item_values.values(), target)
+        if not math.isnan(p):  # values in [0, 1]: Hoeffding's bound, valid and sharp near 0 / 1
+            if p <= alpha:
+                return (f"below target: P(quality >= {target:.4g}) <= {p:.3g} on the "
+                        f"first {first.n_items} items, quality {first.quality:.4g} (confidence {1 - alpha:.4g})")
+            ucb = math.inf
+        else:
+            ucb = mean_bound(first.item_values.values(), 1 - alpha, upper=True)
         if ucb < target:
             return (f"below target: quality upper bound {ucb:.4g} < {target:.4g} on the first "
-                    f"{first.n_items} items (confidence {conf})")
+                    f"{first.n_items} items (confidence {1 - alpha:.4g})")
     others = ("cost",) if constrained else tuple(m for m in spec.objectives.metrics if m != "quality")
     mine = dict(zip(others, _objective_values(others, first)))
+    refs = []  # (trial, its metrics, their other objectives): no worse than this one on every one
     for t in trials:
-        if t.number == number or t.user_attrs.get("status") != "complete" or "metrics" not in t.user_attrs:
+        if t.number == number or t.user_attrs.get("status") != "complete":
             continue
         if constrained and not all(v <= 0 for v in t.constraints.values()):
             continue
-        ref = TrialMetrics.from_dict(t.user_attrs["metrics"])
+        ref = trial_metrics(t)
+        if ref is None:
+            continue
         theirs = dict(zip(others, _objective_values(others, ref)))
         if any(theirs[k] > mine[k] for k in others):
             continue
         shared = [k for k in first.item_values if k in ref.item_values]
-        if len(shared) < 2:
-            continue
+        if len(shared) >= 2:
+            refs.append((t, ref, theirs, shared))
+    if not refs:
+        return None
+    # Half the look's error for one test against the best of them: its quality is exact (the
+    # mean over every item of the study), so "this config's quality reaches it" is one
+    # hypothesis, whatever the number of references.
+    t, ref, theirs, _ = max(refs, key=lambda r: (r[1].quality, -r[0].number))
+    p = bounded_p_at_least(first.item_values.values(), ref.quality)
+    if not math.isnan(p) and p <= (1 - conf) / 2:
+        better = ", ".join(f"{k} {theirs[k]:.4g} <= {mine[k]:.4g}" for k in others)
+        return (f"dominated by trial {t.number}: P(quality >= its {ref.quality:.4g}) <= {p:.3g} on "
+                f"{first.n_items} items (confidence {conf:.4g})" + (f"; {better}" if better else ""))
+    # The other half for paired tests, Bonferroni over the references: a config on the true
+    # front is stopped wrongly if any one of them looks better by chance.
+    alpha = (1 - conf) / 2 / len(refs)
+    for t, ref, theirs, shared in refs:
         diffs = [first.item_values[k] - ref.item_values[k] for k in shared]
-        ucb = mean_bound(diffs, conf, upper=True)
-        if ucb < 0:
+        p = paired_p_below_zero(diffs)
+        if math.isnan(p):  # scores outside [0, 1]: the Student-t bound
+            ucb = mean_bound(diffs, 1 - alpha, upper=True)
+            why = f"paired quality difference upper bound {ucb:.4g} < 0"
+            stop = ucb < 0
+        else:
+            why = f"P(no worse) <= {p:.3g} (sign test / Hoeffding, Bonferroni over {len(refs)})"
+            stop = p <= alpha
+        if stop:
             better = ", ".join(f"{k} {theirs[k]:.4g} <= {mine[k]:.4g}" for k in others)
-            return (f"dominated by trial {t.number}: paired quality difference upper bound "
-                    f"{ucb:.4g} < 0 on {len(shared)} items (confidence {conf})"
+            return (f"dominated by trial {t.number}: {why} on {len(shared)} items (confidence {conf:.4g})"
                     + (f"; {better}" if better else ""))
     return None

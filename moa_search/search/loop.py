@@ -20,14 +20,18 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..config import MoAConfig
+from ..space import P_GRID
 from ..stats import mean_bound
 from ..study_spec import StudySpec
-from .budget import PaidLedger, agent_calls_per_item, price_estimate, spent_with_ledger
+from .budget import (PaidLedger, agent_calls_per_item, covered_calls, measured_configs, price_estimate,
+                     spent_with_ledger, uncached_share)
 from .cost_order import CheapestFirstSampler, CostEstimate
-from .fidelity import early_stop_reason, merge_metrics
+from .fidelity import early_stop_reason, fidelity_looks, look_confidence, merge_metrics, staged_order
 from .prepare import prepare_study_async
-from .records import (_WITH_METRICS, Evaluator, StudyResult, TrialEvent, TrialMetrics, TrialRecord,
-                      _counted, _objective_values, _record)
+from .records import (_WITH_METRICS, CONFIG_KEY, ITEMS_KEY, Evaluator, StudyResult, TrialEvent,
+                      TrialMetrics, TrialRecord, _counted, _objective_values, _record, config_attrs,
+                      item_attrs, metric_attrs, price_table, read_baseline, trial_config,
+                      trial_metrics)
 from .results import load_result
 from .samplers import build_sampler
 from .storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_storage, worker_id, worker_is_gone
@@ -63,12 +67,18 @@ class _Loop:
     indexed: bool
     _baseline: Mapping[str, Any] | None = field(default=None, init=False)
     _target: float | None = field(default=None, init=False)
+    _catalog: Any = field(default=None, init=False)
+    _grid: dict[str, MoAConfig] = field(default_factory=dict, init=False)
+    _staged: list[str] = field(default_factory=list, init=False)  # fidelity stages' item order
 
     def __post_init__(self) -> None:
         # Both are fixed once prepare_study has run, so read them once, not per trial.
         attrs = self.study.user_attrs
-        self._baseline = attrs.get("baseline")
+        self._baseline = read_baseline(self.study)
         self._target = attrs.get("objectives", {}).get("target")
+        if self.indexed:  # the grid's enumeration, once per study run (it took ~1 s per trial)
+            self._grid = {c.config_hash: c for c in self.spec.space.enumerate_configs()}
+        self._staged = staged_order(self.items, self.spec.seed)
 
     # -- storage views --
 
@@ -89,23 +99,33 @@ class _Loop:
 
     # -- estimates --
 
+    def covered(self, trials: Sequence[FrozenTrial]) -> dict[str, int]:
+        """Calls the study has made (identity -> items covered), from its measured configs."""
+        if self.cost_estimate is None:
+            return {}
+        measured = measured_configs(trials)
+        if self._baseline:
+            measured.append((MoAConfig.from_dict(self._baseline["config"]), len(self.items)))
+        return covered_calls(self.cost_estimate, measured)
+
     def estimate(self, config: MoAConfig, n_items: int, trials: Sequence[FrozenTrial]) -> tuple[float, int]:
-        """Conservative list-price $ and calls for ``n_items`` items of ``config``."""
+        """Conservative $ and calls for ``n_items`` items of ``config``: list price, less the
+        share of its calls the call store already holds (``budget.uncached_share``)."""
         per_call, overhead = 0.0, 0.0
         for t in trials:
-            if t.user_attrs.get("status") != "complete" or "metrics" not in t.user_attrs:
+            m = trial_metrics(t) if t.user_attrs.get("status") == "complete" else None
+            done = trial_config(t)
+            if m is None or done is None or not m.n_items or not m.calls:
                 continue
-            m = t.user_attrs["metrics"]
-            if not m["n_items"] or not m["calls"]:
-                continue
-            calls_per_item = m["calls"] / m["n_items"]
-            per_call = max(per_call, m["cost_usd_per_item"] / calls_per_item)
-            agent_calls = agent_calls_per_item(MoAConfig.from_dict(t.user_attrs["config"]))
+            calls_per_item = m.calls / m.n_items
+            per_call = max(per_call, m.cost_usd_per_item / calls_per_item)
+            agent_calls = agent_calls_per_item(done)
             overhead = max(overhead, calls_per_item - agent_calls)
         calls_per_item = agent_calls_per_item(config) + overhead
         usd_per_item = per_call * calls_per_item
         if self.cost_estimate is not None:
             usd_per_item = max(usd_per_item, float(self.cost_estimate(config)))
+            usd_per_item *= uncached_share(self.cost_estimate, config, n_items, self.covered(trials))
         return usd_per_item * n_items, int(math.ceil(calls_per_item * n_items))
 
     def over_budget(self, usd: float, calls: int, exclude: int, trials: Sequence[FrozenTrial]) -> str | None:
@@ -186,9 +206,13 @@ class _Loop:
         if before >= self.spec.budget.trials:
             self.finish(trial, "skipped", skipped=f"trial budget reached ({self.spec.budget.trials})")
             raise _Stop(f"trial budget reached ({self.spec.budget.trials})")
-        config = self.spec.space.suggest_indexed(trial) if self.indexed else self.spec.space.suggest(trial)
+        if self.indexed:
+            config = self._grid[trial.suggest_categorical(P_GRID, list(self._grid))]
+        else:
+            config = self.spec.space.suggest(trial)
         h = config.config_hash
-        self.set_attrs(trial, {"config": config.to_dict(), "config_hash": h, "summary": config.summary()})
+        self.storage.set_trial_system_attr(trial._trial_id, CONFIG_KEY, config.to_dict())
+        self.set_attrs(trial, config_attrs(config))
 
         # Read again after writing the hash: a twin another worker started meanwhile is seen
         # by whichever of the two writes its hash last (see find_duplicate).
@@ -259,7 +283,8 @@ class _Loop:
             metrics = TrialMetrics.from_dict(source["metrics"])
             status, origin, why = "complete", "baseline", None
         else:
-            metrics = TrialMetrics.from_dict(source.user_attrs["metrics"])
+            metrics = trial_metrics(source)
+            assert metrics is not None  # find_duplicate returns trials with metrics only
             origin = source.user_attrs.get("duplicate_of", source.number)
             status = source.user_attrs["status"]
             status = source.user_attrs.get("reused_status", status) if status == "duplicate" else status
@@ -268,28 +293,48 @@ class _Loop:
                            reused_status=status, stopped_early=why, paid=False)
 
     async def evaluate(self, trial: optuna.Trial, config: MoAConfig) -> tuple[TrialMetrics, str, str | None]:
-        """Run the fidelity stages; return metrics, status and the early-stop reason if any."""
+        """Run the fidelity looks; return metrics, status and the early-stop reason if any.
+
+        With multi-fidelity on, the items run in growing stages (``fidelity_looks``: first_items,
+        then doubling), in the study's seeded order (``staged_order``); after each stage but the
+        last the stopping rule is checked at the per-look confidence ``look_confidence`` (see
+        ``fidelity``), and the rest of the items are reserved from the budget at the measured
+        cost per item."""
         f = self.spec.fidelity
         n = trial.number
         if not f.enabled or len(self.items) <= f.first_items:
             return await self.evaluator.evaluate(config, self.items, trial_number=n), "complete", None
-        first_ids, rest_ids = self.items[:f.first_items], self.items[f.first_items:]
-        first = await self.evaluator.evaluate(config, first_ids, trial_number=n)
-        why = early_stop_reason(first, trial.number, self.spec, self.target(), self.trials())
-        if why is not None:
-            return first, "stopped_early", why
-        rest_usd = first.cost_usd_per_item * len(rest_ids)
-        rest_calls = int(math.ceil(first.calls / max(1, first.n_items) * len(rest_ids)))
-        self.set_attrs(trial, {"reserved": [first.paid_usd + rest_usd, first.paid_calls + rest_calls]})
+        looks = fidelity_looks(f.first_items, len(self.items))
+        conf = look_confidence(f.confidence, len(looks))
+        done: TrialMetrics | None = None
+        start = 0
+        for end in looks:
+            part = await self.evaluator.evaluate(config, self._staged[start:end], trial_number=n)
+            done = part if done is None else merge_metrics(done, part)
+            start = end
+            why = early_stop_reason(done, n, self.spec, self.target(), self.trials(), confidence=conf)
+            if why is not None:
+                return done, "stopped_early", why
+            why = self.rest_over_budget(trial, done, len(self.items) - end)
+            if why is not None:
+                return done, "stopped_early", why
+        assert done is not None
+        rest = await self.evaluator.evaluate(config, self._staged[start:], trial_number=n)
+        return merge_metrics(done, rest), "complete", None
+
+    def rest_over_budget(self, trial: optuna.Trial, done: TrialMetrics, n_rest: int) -> str | None:
+        """Reserve the remaining ``n_rest`` items at the measured cost per item; why they do
+        not fit in the budget, or None."""
+        rest_usd = done.cost_usd_per_item * n_rest
+        rest_calls = int(math.ceil(done.calls / max(1, done.n_items) * n_rest))
+        self.set_attrs(trial, {"reserved": [done.paid_usd + rest_usd, done.paid_calls + rest_calls]})
         b = self.spec.budget
-        spent_usd, spent_calls = self.spent(trial.number, pending=(first.paid_usd, first.paid_calls))
+        spent_usd, spent_calls = self.spent(trial.number, pending=(done.paid_usd, done.paid_calls))
         if b.usd is not None and spent_usd + rest_usd > b.usd:
-            return first, "stopped_early", (f"budget: the remaining {len(rest_ids)} items would cost "
-                                            f"~${rest_usd:.4f}, over the budget")
+            return f"budget: the remaining {n_rest} items would cost ~${rest_usd:.4f}, over the budget"
         if b.calls is not None and spent_calls + rest_calls > b.calls:
-            return first, "stopped_early", f"budget: the remaining items need ~{rest_calls} calls, over the budget"
-        rest = await self.evaluator.evaluate(config, rest_ids, trial_number=n)
-        return merge_metrics(first, rest), "complete", None
+            return f"budget: the remaining items need ~{rest_calls} calls, over the budget"
+        return None
 
     # -- writing --
 
@@ -319,7 +364,10 @@ class _Loop:
         values = None
         constraint = None
         if metrics is not None:
-            attrs["metrics"] = metrics.to_dict()
+            attrs.update(metric_attrs(metrics))
+            if config is not None:
+                attrs["price_table"] = self.price_table(config)
+            self.storage.set_trial_system_attr(trial._trial_id, ITEMS_KEY, item_attrs(metrics))
             attrs.update(paid_usd=metrics.paid_usd if paid else 0.0, paid_calls=metrics.paid_calls if paid else 0)
             target = self.target()
             if self.spec.objectives.mode == "constrained" and target is not None:
@@ -328,7 +376,10 @@ class _Loop:
                 if math.isfinite(lcb):
                     constraint = target - lcb
                     attrs["quality_lcb"] = lcb
-            full = status == "complete" or (status == "duplicate" and notes.get("reused_status") == "complete")
+            # A repeat of a trial is PRUNED (Optuna's state for "not a new result"), so one config
+            # is one entry of best_trials; a repeat of the baseline (not a trial) is its first.
+            full = status == "complete" or (status == "duplicate" and notes.get("reused_status") == "complete"
+                                            and notes.get("duplicate_of") == "baseline")
             values = _objective_values(self.spec.objectives.objective_names, metrics)
             if full and all(math.isfinite(v) for v in values):
                 state = TrialState.COMPLETE
@@ -348,6 +399,14 @@ class _Loop:
         record = _record(frozen)
         self.report(record)
         return record
+
+    def price_table(self, config: MoAConfig) -> str:
+        """The ``price_table`` attribute of a trial of ``config``: recorded per trial, since a
+        resumed study may run on a catalog whose prices have changed meanwhile. The catalog is
+        read once per run, at the first measured trial, not per trial."""
+        if self._catalog is None:
+            self._catalog = self.spec.load_catalog()
+        return price_table(self._catalog, config.models)
 
     def report(self, record: TrialRecord) -> None:
         if self.on_trial is None:

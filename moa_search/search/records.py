@@ -1,25 +1,39 @@
 """What a study records and returns: trial metrics, trial records, the study's result.
 
-Trial bookkeeping in the Optuna storage (user attributes, all JSON):
-  ``config`` / ``config_hash`` / ``summary``  what was tried;
+Trial bookkeeping in the Optuna storage, laid out for optuna-dashboard: every user attribute is
+flat, under 1 KB (the dashboard cuts longer ones) and, where it is a number, sortable:
+  ``config``   the config's one-line summary; ``config_hash`` its identity;
   ``status``   complete | stopped_early | duplicate | skipped | failed | interrupted;
-  ``metrics``  ``TrialMetrics.to_dict()`` (quality with CI and n items, $ per item split by role
-               and model, tokens, latency p50/p95, calls vs cached, paid $, simulated flag);
+  ``quality``, ``quality_ci_low``, ``quality_ci_high`` (0-1), ``cost_usd_per_item``,
+  ``latency_p50_s``, ``latency_p95_s``, ``n_items``, ``n_failed``, ``n_degraded``, ``simulated``,
+  ``calls``, ``cached_calls``, ``tokens_in``, ``tokens_out``, ``cost_usd_per_item_by_role`` /
+  ``_by_model``, ``first_error``: the ``TrialMetrics`` (``metric_attrs``);
+  ``price_table``  the price table (source, effective date) the costs come from;
   ``paid_usd`` / ``paid_calls``  what this trial actually spent (0 for a duplicate);
   ``reserved``  [usd, calls]: the estimate held while it runs (budgets shared by workers);
   ``duplicate_of``, ``stopped_early``, ``skipped``, ``error``  why a trial is not a plain one.
+Per-item data (quality and latency of each item) and the full config are kept out of the user
+attributes, in the trial's system attributes ``moa_search:items`` / ``moa_search:config``: the
+same storage, so every worker (on every machine of a PostgreSQL study) reads them for the
+early-stopping rule, where Optuna's own samplers keep their per-trial data, and not shown by the
+dashboard. The baseline likewise: a short ``baseline`` study attribute, the full one in the
+study's system attribute ``moa_search:baseline``. Studies written before this layout (one nested
+``metrics`` attribute, a ``config`` dict) still load: ``trial_metrics`` / ``trial_config`` read both.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
+import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..config import MoAConfig
 from ..errors import ConfigError, MoASearchError
+from ..price_db import entry_table
 from ..stats import confidence_at_least
 
 
@@ -117,6 +131,7 @@ class TrialRecord:
     note: str = ""
     constraint: float | None = None  # target - quality lower bound (constrained mode; <= 0 feasible)
     full_fidelity: bool = False  # measured on every item (Optuna state COMPLETE)
+    price_table: str = ""  # where its costs' prices came from (``price_table``); "" before it was kept
 
     @property
     def counted(self) -> bool:
@@ -233,15 +248,152 @@ def _counted(t: FrozenTrial) -> bool:
 def _record(t: FrozenTrial) -> TrialRecord:
     a = t.user_attrs
     status = a.get("status") or ("failed" if t.state == TrialState.FAIL else t.state.name.lower())
-    config = MoAConfig.from_dict(a["config"]) if "config" in a else None
-    metrics = TrialMetrics.from_dict(a["metrics"]) if "metrics" in a else None
+    metrics = trial_metrics(t)
     note = a.get("stopped_early") or a.get("skipped") or a.get("error") or ""
     constraint = t.constraints.get("quality_target")
-    return TrialRecord(t.number, status, config, metrics, a.get("duplicate_of"), note, constraint,
-                       full_fidelity=t.state == TrialState.COMPLETE and metrics is not None)
+    return TrialRecord(t.number, status, trial_config(t), metrics, a.get("duplicate_of"), note, constraint,
+                       full_fidelity=t.state == TrialState.COMPLETE and metrics is not None,
+                       price_table=str(a.get("price_table", "")))
+
+
+#: Trial system attributes (see the module docstring): per-item data, and the full config.
+ITEMS_KEY = "moa_search:items"
+CONFIG_KEY = "moa_search:config"
+#: Study system attribute: the baseline's config and metrics with its per-item data.
+BASELINE_KEY = "moa_search:baseline"
+#: optuna-dashboard shows at most this many characters of an attribute.
+MAX_ATTR_CHARS = 1024
+#: The objective names ``[objectives] metrics`` stand for, with units, as the dashboard shows them;
+#: each is also the ``TrialMetrics`` field that holds the value (``_objective_values``).
+METRIC_NAMES = {"quality": "quality", "cost": "cost_usd_per_item", "latency": "latency_p50_s"}
+
+
+def metric_attrs(m: TrialMetrics) -> dict[str, Any]:
+    """The flat user attributes of ``m`` (not its per-item data: ``item_attrs``). ``paid_usd`` is
+    left to the caller: a duplicate reuses metrics but pays nothing."""
+    attrs = {
+        "quality": m.quality, "quality_ci_low": m.quality_low, "quality_ci_high": m.quality_high,
+        "cost_usd_per_item": m.cost_usd_per_item,
+        "latency_p50_s": m.latency_p50_s, "latency_p95_s": m.latency_p95_s,
+        "n_items": m.n_items, "n_failed": m.n_failed, "n_degraded": m.n_degraded,
+        "simulated": m.simulated, "calls": m.calls, "cached_calls": m.cached_calls,
+        "tokens_in": m.tokens_in, "tokens_out": m.tokens_out,
+        "cost_usd_per_item_by_role": _short_map(m.cost_by_role),
+        "cost_usd_per_item_by_model": _short_map(m.cost_by_model),
+        "first_error": _short(m.first_error) if m.first_error else None,
+    }
+    return {k: v for k, v in attrs.items() if v is not None}  # a null is neither shown nor sortable
+
+
+def item_attrs(m: TrialMetrics) -> dict[str, Any]:
+    """The per-item data of ``m``, for the system attribute ``ITEMS_KEY``, and uncut what the
+    user attributes may shorten for the dashboard (the cost splits, the first error)."""
+    return {"item_values": dict(m.item_values), "item_latency_s": dict(m.item_latency_s),
+            "cost_by_role": dict(m.cost_by_role), "cost_by_model": dict(m.cost_by_model),
+            "first_error": m.first_error}
+
+
+def trial_metrics(t: FrozenTrial) -> TrialMetrics | None:
+    """The metrics a trial recorded (either layout), or None when it has none."""
+    a = t.user_attrs
+    if "metrics" in a:  # written before the flat layout
+        return TrialMetrics.from_dict(a["metrics"])
+    # Attributes are written one by one; only a finished trial has all of them (a worker may
+    # read another's trial mid-write, or one failed by a stale heartbeat in the middle).
+    if not t.state.is_finished() or not _METRIC_KEYS <= a.keys():
+        return None
+    return metrics_from_attrs(a, t.system_attrs.get(ITEMS_KEY, {}))
+
+
+_METRIC_KEYS = frozenset({"quality", "quality_ci_low", "quality_ci_high", "n_items", "cost_usd_per_item",
+                          "latency_p50_s", "latency_p95_s", "calls", "cached_calls", "n_failed",
+                          "simulated"})
+
+
+def metrics_from_attrs(a: Mapping[str, Any], items: Mapping[str, Any]) -> TrialMetrics:
+    """``TrialMetrics`` from ``metric_attrs`` and ``item_attrs`` (``paid_usd`` from ``a``)."""
+    return TrialMetrics(
+        quality=a["quality"], quality_low=a["quality_ci_low"], quality_high=a["quality_ci_high"],
+        n_items=a["n_items"], item_values=items.get("item_values", {}),
+        cost_usd_per_item=a["cost_usd_per_item"], paid_usd=float(a.get("paid_usd", 0.0)),
+        latency_p50_s=a["latency_p50_s"], latency_p95_s=a["latency_p95_s"],
+        calls=a["calls"], cached_calls=a["cached_calls"],
+        cost_by_role=items.get("cost_by_role", a.get("cost_usd_per_item_by_role") or {}),
+        cost_by_model=items.get("cost_by_model", a.get("cost_usd_per_item_by_model") or {}),
+        n_failed=a["n_failed"], simulated=bool(a["simulated"]), tokens_in=a.get("tokens_in"),
+        tokens_out=a.get("tokens_out"), item_latency_s=items.get("item_latency_s", {}),
+        n_degraded=a.get("n_degraded", 0), first_error=items.get("first_error", a.get("first_error")))
+
+
+def trial_config(t: FrozenTrial) -> MoAConfig | None:
+    """The config a trial ran (either layout), or None before it was drawn."""
+    full = t.system_attrs.get(CONFIG_KEY)
+    if full is None and isinstance(t.user_attrs.get("config"), dict):  # the earlier layout
+        full = t.user_attrs["config"]
+    return MoAConfig.from_dict(full) if full is not None else None
+
+
+def config_attrs(config: MoAConfig) -> dict[str, Any]:
+    """The user attributes naming a config: its summary (``config``) and hash."""
+    return {"config": _short(config.summary()), "config_hash": config.config_hash}
+
+
+def baseline_attrs(name: str, config: MoAConfig, m: TrialMetrics) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The baseline as (the short ``baseline`` study attribute, the full ``BASELINE_KEY`` one)."""
+    short = {"name": name, "config": _short(config.summary()), "config_hash": config.config_hash,
+             "quality": m.quality, "cost_usd_per_item": m.cost_usd_per_item, "paid_usd": m.paid_usd,
+             "simulated": m.simulated}
+    full = {"name": name, "config": config.to_dict(), "config_hash": config.config_hash,
+            "metrics": m.to_dict()}
+    return short, full
+
+
+def read_baseline(study: optuna.Study) -> dict[str, Any] | None:
+    """The baseline as ``{name, config (dict), config_hash, metrics (TrialMetrics.to_dict())}``
+    (either layout), or None when the study has none."""
+    legacy = study.user_attrs.get("baseline")
+    if legacy is None:
+        return None
+    if "metrics" in legacy:
+        return dict(legacy)
+    # Optuna 5's Study has no public reader of its system attributes; its storage has one.
+    return dict(study._storage.get_study_system_attrs(study._study_id)[BASELINE_KEY])
+
+
+def price_table(catalog: Any, models: Sequence[str]) -> str:
+    """Where the prices of ``models`` come from, with the date each took effect:
+    ``genai-prices 0.2.3, effective 2025-06-10`` or ``typed in catalog <file>``; several joined by
+    ``; `` (a config mixing tables)."""
+    tables = {entry_table(catalog, model, dated=True) for model in models if model in catalog.models}
+    return _short("; ".join(sorted(tables)))
+
+
+def _short(text: str, limit: int = 400) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis: an attribute stays under 1 KB."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def fit_map(notes: Mapping[str, str]) -> dict[str, str]:
+    """``notes`` in order while they fit one attribute, then a count of the rest."""
+    out: dict[str, str] = {}
+    for n, (k, v) in enumerate(notes.items()):
+        if len(json.dumps({**out, k: v})) > MAX_ATTR_CHARS - 40:
+            out["…"] = f"{len(notes) - n} more not shown"
+            break
+        out[k] = v
+    return out
+
+
+def _short_map(costs: Mapping[str, float]) -> dict[str, float]:
+    """A cost split that fits an attribute; a huge one keeps its largest entries."""
+    out = dict(costs)
+    while len(json.dumps(out)) > MAX_ATTR_CHARS - 24 and out:
+        out.pop(min(out, key=lambda k: out[k]))
+    return out
 
 
 def _objective_values(names: Sequence[str], m: TrialMetrics) -> list[float]:
-    pick = {"quality": m.quality, "cost": m.cost_usd_per_item, "latency": m.latency_p50_s}
-    return [float(pick[n]) for n in names]
+    """The values told to Optuna: the ``TrialMetrics`` field each objective's dashboard name
+    (``METRIC_NAMES``) is, so the names ``set_metric_names`` shows cannot drift from the values."""
+    return [float(getattr(m, METRIC_NAMES[n])) for n in names]
 

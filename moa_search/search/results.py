@@ -8,7 +8,7 @@ from ..config import MoAConfig
 from ..errors import ConfigError
 from ..store_backend import redact_url
 from .budget import _spent
-from .records import StudyResult, TrialMetrics, TrialRecord, _record
+from .records import StudyResult, TrialMetrics, TrialRecord, _record, read_baseline
 from .storage import open_storage
 
 
@@ -38,12 +38,12 @@ def load_result(storage_url: str, study_name: str) -> StudyResult:
             seen.add(key)
             front.append(r)
     baseline = None
-    if "baseline" in attrs:
-        b = attrs["baseline"]
+    b = read_baseline(study)
+    if b is not None:
         baseline = TrialRecord(-1, "baseline", MoAConfig.from_dict(b["config"]),
                                TrialMetrics.from_dict(b["metrics"]), note=str(b.get("name", "")),
                                full_fidelity=True)
-    usd, calls = _spent(trials, attrs.get("baseline"))
+    usd, calls = _spent(trials, b)
     simulated = any(r.metrics.simulated for r in records if r.metrics is not None) or bool(
         baseline and baseline.metrics and baseline.metrics.simulated)
     return StudyResult(

@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .config import MoAConfig
 from .errors import ConfigError, MoASearchError, WorkFailedError
 from .runner import ItemTrace
-from .scoring import SCORER_ALIASES, SCORERS
+from .scoring import scorer_class
 from .search import StudyResult, TrialMetrics, TrialRecord, confidence_at_least, open_storage
 from .search.prepare import items_digest
 from .stats import Estimate, PairedResult, paired_comparison
@@ -175,7 +175,7 @@ def chosen_trials(result: StudyResult, trials: Sequence[int] = ()) -> tuple[tupl
 
 def judges_against_outputs(spec: StudySpec) -> bool:
     """Does the scorer compare each answer with the item's ``baseline_output`` (a win rate)?"""
-    return SCORERS[SCORER_ALIASES.get(spec.scorer.name, spec.scorer.name)].requires == "baseline_output"
+    return scorer_class(spec.scorer.name).requires == "baseline_output"
 
 
 def heldout_data(spec: StudySpec) -> StudyData:

@@ -792,13 +792,20 @@ SCORERS: dict[str, type[Scorer]] = {
 SCORER_ALIASES: dict[str, str] = {"single_grade": "single_grade_judge"}
 
 
-def make_scorer(name: str, **opts: Any) -> Scorer:
-    """A scorer by name; options are the class's keyword arguments (judges need ``judge_model``
-    and ``call``). Unknown names and options are ``ConfigError``s that list what is accepted."""
+def scorer_class(name: str) -> type[Scorer]:
+    """The scorer class a name (or an alias, ``SCORER_ALIASES``) stands for; an unknown name is
+    a ``ConfigError`` listing the available ones."""
     cls = SCORERS.get(SCORER_ALIASES.get(name, name))
     if cls is None:
         raise ConfigError(f"unknown scorer {name!r}; available: {', '.join(SCORERS)}",
                           field="scorer")
+    return cls
+
+
+def make_scorer(name: str, **opts: Any) -> Scorer:
+    """A scorer by name; options are the class's keyword arguments (judges need ``judge_model``
+    and ``call``). Unknown names and options are ``ConfigError``s that list what is accepted."""
+    cls = scorer_class(name)
     params = {p: v for p, v in inspect.signature(cls.__init__).parameters.items()
               if p != "self" and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)}
     unknown = sorted(set(opts) - set(params))

@@ -217,10 +217,9 @@ def quality_note(spec: StudySpec) -> str | None:
     """What the study's quality column is when that needs saying: a length-controlled win rate
     is alpaca_eval's number only with a per-instruction difficulty on every item (issue 12), so
     without one every table of it says "approximate"."""
-    from .scoring import SCORER_ALIASES, SCORERS
+    from .scoring import scorer_class
     from .stats import LC_APPROXIMATE_NOTE
-    scorer = SCORERS.get(SCORER_ALIASES.get(spec.scorer.name, spec.scorer.name))
-    if getattr(scorer, "headline", None) != "lc_win_rate":
+    if getattr(scorer_class(spec.scorer.name), "headline", None) != "lc_win_rate":
         return None
     data = study_data(spec)
     dev = [data.dataset.get(i) for i in data.dev_ids]

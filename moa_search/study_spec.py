@@ -29,7 +29,7 @@ from .errors import ConfigError
 from .importers import FIELD_OPTIONS, IMPORTERS, ImportOptions, import_file
 from .inputs import parse_toml, read_text
 from .runner import DegradedPolicy
-from .scoring import SCORER_ALIASES, SCORERS
+from .scoring import SCORER_ALIASES, SCORERS, scorer_class
 from .space import DEFAULT_ENUMERATION_LIMIT, SearchSpace
 from .store_backend import BACKENDS as STORE_BACKENDS
 
@@ -292,7 +292,7 @@ def _scorer(d: Mapping[str, Any], source: str, catalog: Catalog) -> ScorerSpec:
     if not isinstance(options, Mapping):
         raise ConfigError(f"expected a table, got {type(options).__name__}", source=source,
                           field="scorer.options")
-    cls = SCORERS[SCORER_ALIASES.get(name, name)]
+    cls = scorer_class(name)
     params = {p: v for p, v in inspect.signature(cls.__init__).parameters.items()
               if p not in _SCORER_INJECTED and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)}
     _known(options, set(params), source, "scorer.options")

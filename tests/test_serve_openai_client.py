@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import sqlite3
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from moa_search.catalog import Catalog
 from moa_search.config import BUILTIN_PRESETS
 from moa_search.providers.simulated import SimulatedProvider
 from moa_search.sim_server import SimServer
+from tests.processes import wait_for_output
 
 LATENCY_S = 0.25
 PRESET = BUILTIN_PRESETS["moa"].config  # 2 proposer layers of 6, then the aggregator
@@ -52,16 +52,11 @@ def start_serve(argv: list[str], cwd: Path) -> tuple[subprocess.Popen[str], str]
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     process = subprocess.Popen([sys.executable, "-m", "moa_search.cli", *argv], cwd=cwd, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seen: list[str] = []
-    deadline = time.monotonic() + 60
-    while not (match := re.search(r"serving preset \S+ on (http://127\.0\.0\.1:\d+/v1)", "".join(seen))):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("serve did not start: " + "".join(seen) + process.communicate()[1])
-        # Read the fd itself: readline() would pull two lines into Python's buffer and return
-        # one, and select() on the fd then never sees the second (a startup that hangs).
-        if select.select([process.stderr], [], [], 0.2)[0]:
-            seen.append(os.read(process.stderr.fileno(), 65536).decode())  # type: ignore[union-attr]
+    try:
+        match, _ = wait_for_output(process, r"serving preset \S+ on (http://127\.0\.0\.1:\d+/v1)")
+    except AssertionError as exc:
+        process.kill()
+        raise AssertionError(f"serve did not start: {exc}{process.communicate()[1]}") from None
     return process, match.group(1)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import select
 import socket
@@ -36,6 +35,7 @@ from moa_search.server import create_server_app
 from moa_search.serving import ConnectionLimits, listen, uvicorn_config
 from moa_search.sim_server import MAX_BODY_BYTES, RECORDED_MAX_BYTES, SimServer
 from tests.doubles import RecordingProvider
+from tests.processes import wait_for_output
 from tests.test_cli_usage import assert_usage_error
 from tests.test_server import PRESET, ServerThread
 from tests.test_sim_server import EchoProvider
@@ -423,15 +423,9 @@ def test_the_commands_take_the_options(command: list[str], preset_file: Path, tm
         argv += ["--store", str(tmp_path / "calls.db")]
     process = subprocess.Popen([sys.executable, "-m", "moa_search.cli", *argv], cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = ""
     try:
-        log: list[str] = []
-        deadline = time.monotonic() + 60
-        while not (match := re.search(r"on http://127\.0\.0\.1:(\d+)/v1", "".join(log))):
-            assert process.poll() is None and time.monotonic() < deadline, "".join(log)
-            # the fd, not readline(): that would buffer the banner's second line where select()
-            # never sees it, and the wait would hang (the banner wraps at 80 columns)
-            if select.select([process.stderr], [], [], 0.2)[0]:
-                log.append(os.read(process.stderr.fileno(), 65536).decode())  # type: ignore[union-attr]
+        match, log = wait_for_output(process, r"on http://127\.0\.0\.1:(\d+)/v1")
         with connect(int(match.group(1))) as s:
             s.sendall(head(10)[:30])
             reply = read_to_eof(s)
@@ -439,7 +433,7 @@ def test_the_commands_take_the_options(command: list[str], preset_file: Path, tm
     finally:
         process.terminate()
         rest = process.communicate(timeout=30)[1]
-    text = "".join(log) + rest
+    text = log + rest
     assert text.count("request head not received within 0.3 s") == 1 and "Traceback" not in text
 
 

@@ -28,7 +28,7 @@ from ..catalog import Catalog
 from ..config import MoAConfig, canonical_json
 from ..runner import sample_indices
 from .cost_order import CostEstimate
-from .records import trial_config
+from .records import trial_config, trial_metrics
 
 
 def agent_calls_per_item(config: MoAConfig) -> int:
@@ -112,11 +112,11 @@ def measured_configs(trials: Sequence[FrozenTrial]) -> list[tuple[MoAConfig, int
     """(config, items it ran on) of every trial that made calls (complete or stopped early)."""
     out = []
     for t in trials:
-        a = t.user_attrs
-        n = a.get("n_items", (a.get("metrics") or {}).get("n_items"))
-        config = trial_config(t) if a.get("status") in ("complete", "stopped_early") and n else None
-        if config is not None:
-            out.append((config, int(n)))
+        if t.user_attrs.get("status") not in ("complete", "stopped_early"):
+            continue
+        m, config = trial_metrics(t), trial_config(t)
+        if m is not None and m.n_items and config is not None:
+            out.append((config, m.n_items))
     return out
 
 

@@ -14,10 +14,10 @@ Per world seed (the simulated world's ``seed``: other model x item draws, so ano
    rest). The ledger keys a call by what its request depends on (item, agent, sample index and
    the proposer layers before it), the same identity the call store's key captures. The study's
    own budget sees those paid figures, so a USD budget behaves as it would for a user.
-3. Pareto strategies (default: random, nsga2, "ours" = TPE + multi-fidelity, the default study's
-   sampler, and "ours-walk" = the ``cheapest-first`` walk + multi-fidelity in Pareto mode: the
-   config cheapest to evaluate *now* first, its cached proposer calls priced at nothing; the
-   suffix "*N" sets a sampler's option ``candidates = N``)
+3. Pareto strategies (default: random, nsga2, "tpe+mf" = TPE + multi-fidelity, and "ours" = the
+   shipped ``sim-demo.toml``'s sampler, the ``cheapest-first`` walk + multi-fidelity in Pareto
+   mode: the config cheapest to evaluate *now* first, its cached proposer calls priced at
+   nothing; the suffix "*N" sets a sampler's option ``candidates = N``)
    run with a USD budget of ``--usd-frac`` (10 %) of the cached exhaustive spend: "HV%" is the
    share of the true hypervolume their fully evaluated configs reach within it.
 4. Finding the cheapest config meeting a target, at three targets (the best single model's
@@ -27,22 +27,24 @@ Per world seed (the simulated world's ``seed``: other model x item draws, so ano
    the same target and multi-fidelity) runs until it has fully evaluated the true cheapest
    (generous to it: a user could not know when to stop), ``--random-runs`` sampler seeds, median.
    "ratio" = ours-c's paid spend / random+mf@c's; found = ours-c's answer is the true cheapest.
+   The random runs' range is printed beside their median: one lucky run finds the answer
+   early, so a single run says little about what the baseline costs.
 5. Wrongly stopped configs: early stops (not budget stops) of a true-front config in Pareto
    runs, true-front configs the sampler would redraw unpaid as dominated by a perfect config the
    run measured (``pareto_skip.known_dominated``), and in constrained runs of a config that
    truly meets the target stopped "below target", or of the true cheapest stopped as dominated.
 
-``--quick``: 2 world seeds, ours + ours-walk + random+mf@c + ours-c, one random run per target
-(about 2 minutes). The full default run (5 world seeds) took 8 minutes (482 s) on 2 shared
-cores on 2026-11-28. ``--big-trials N`` adds "ours" for N trials per world seed on the
+``--quick``: 2 world seeds, tpe+mf + ours + random+mf@c + ours-c, one random run per target
+(about 2 minutes). The full default run (5 world seeds, 5 random runs per target) took 16
+minutes (967 s) on 2 shared cores on 2026-11-29. ``--big-trials N`` adds "tpe+mf" for N trials per world seed on the
 107,680-config space (all catalog models, 1-4 layers, 1-6 proposers, distinct or same, four
 temperatures) without a truth: enumerating it by simulation is ~40 M calls (hours on one core),
 and the sim world's expected quality is not available in closed form, so that row shows
 evaluations, repeats, early stops and spend only (60 trials: about 15 s per seed).
 
 Usage: python benchmarks/search_efficiency.py [studies/sim-demo.toml] [--quick]
-       [--world-seeds 0,1,2,3,4] [--strategies random,nsga2,ours,ours-walk] [--find random+mf@c,ours-c]
-       [--usd-frac 0.10] [--random-runs 3] [--prior-noise 0.5] [--big-trials 0] [--work-dir DIR]
+       [--world-seeds 0,1,2,3,4] [--strategies random,nsga2,tpe+mf,ours] [--find random+mf@c,ours-c]
+       [--usd-frac 0.10] [--random-runs 5] [--prior-noise 0.5] [--big-trials 0] [--work-dir DIR]
 """
 
 from __future__ import annotations
@@ -227,13 +229,13 @@ def _cost(m: TrialMetrics) -> float:
 def parse_strategy(strategy: str) -> tuple[str, bool, bool, bool]:
     """Sampler name and flags (multi-fidelity, constrained mode, noisy cost prior).
 
-    "ours" = TPE + multi-fidelity (the default Pareto setting); "ours-c" = cheapest-first
+    "ours" = cheapest-first + multi-fidelity (``sim-demo.toml``'s Pareto setting); "ours-c" = cheapest-first
     + multi-fidelity in constrained mode (what a user after the cheapest config meeting a target
     runs); "ours-c~" = the same with a deliberately wrong cost prior (see ``noisy_estimate``).
     Any sampler takes the suffixes "+mf" (multi-fidelity), "@c" (constrained), "~" (noisy prior),
     and last "*N" (the sampler option ``candidates = N``: the proposal cheapest to evaluate now of
     N, ``samplers.TrialSeededSampler``)."""
-    aliases = {"ours": "tpe+mf", "ours-walk": "cheapest-first+mf", "ours-c": "cheapest-first+mf@c",
+    aliases = {"ours": "cheapest-first+mf", "ours-c": "cheapest-first+mf@c",
                "ours-c~": "cheapest-first+mf@c~"}
     strategy = strategy.split("*", 1)[0]
     spelled = aliases.get(strategy, strategy)
@@ -348,6 +350,8 @@ class FindOutcome:
     list_usd: float
     found: bool
     wrong: int
+    low: float = math.nan   # the cheapest and dearest of the runs whose median ``paid`` is
+    high: float = math.nan
 
 
 @dataclasses.dataclass
@@ -480,7 +484,8 @@ async def run_world(args: argparse.Namespace, base: StudySpec, tmp: Path, w: int
                                             len(wrongly_stopped(records, world.front, world.truth, q, cheapest))))
                 paid = statistics.median(o.paid for o in outs)
                 finds.append(FindOutcome(s, name, paid, statistics.median(o.list_usd for o in outs),
-                                         sum(o.found for o in outs) * 2 > len(outs), sum(o.wrong for o in outs)))
+                                         sum(o.found for o in outs) * 2 > len(outs), sum(o.wrong for o in outs),
+                                         min(o.paid for o in outs), max(o.paid for o in outs)))
     finally:
         await inner.provider.aclose()
         store.close()
@@ -492,15 +497,16 @@ BIG_TEMPERATURES = (0.0, 0.4, 0.7, 1.0)
 
 
 async def big_space_run(base: StudySpec, tmp: Path, w: int, trials: int) -> str:
-    """"ours" on the 107,680-config space (every catalog model as proposer and aggregator, 1-4
+    """"tpe+mf" on the 107,680-config space (every catalog model as proposer and aggregator, 1-4
     layers, 1-6 proposers, distinct or same, four temperatures), through the real evaluator and
     a fresh call store of its own: spend is what the store charged. No exhaustive truth here
     (about 40 M simulated calls, hours on one core), so no hypervolume: the row shows what the
-    search does on a space it cannot enumerate (evaluations, repeats, early stops, spend)."""
+    search does on a space it cannot enumerate (evaluations, repeats, early stops, spend). Not
+    the walk: it orders the whole space, and this one is past the enumeration limit."""
     catalog = base.load_catalog()
     space = dataclasses.replace(base.space, models=tuple(catalog.models), aggregators=tuple(catalog.models),
                                 layers=(1, 4), proposers=(1, 6), proposer_mode="both", temperatures=BIG_TEMPERATURES)
-    spec = dataclasses.replace(run_spec(base, tmp, "ours", w, trials, None, None, f"-big-w{w}"), space=space,
+    spec = dataclasses.replace(run_spec(base, tmp, "tpe+mf", w, trials, None, None, f"-big-w{w}"), space=space,
                                call_store=tmp / f"calls-big-w{w}.db")
     spec = dataclasses.replace(spec, seed=w)
     data = study_data(spec)
@@ -533,13 +539,13 @@ def print_tables(worlds: list[tuple[World, list[ParetoOutcome], list[FindOutcome
                   f"{pct(o.list_frac):>6} {o.evaluations:>5} {o.repeats:>6} {o.stopped:>4} {o.wrong:>5}")
     print()
     print("Finding the cheapest config meeting a target: paid spend as % of cached exhaustive;")
-    print(f"ratio = ours-c / fair random (random+mf@c, median of {args.random_runs} runs); target "
-          f"<= {FIND_RATIO_TARGET:g}")
+    print(f"ratio = ours-c / fair random (random+mf@c, median of {args.random_runs} runs, their range "
+          f"in brackets); target <= {FIND_RATIO_TARGET:g}")
     names = [s for s in args.find]
     ours = next((s for s in names if parse_strategy(s)[0] == "cheapest-first"), None)
     ref = next((s for s in names if parse_strategy(s)[0] == "random"), None)
     head = f"{'seed':>4} {'target':<6} {'quality':>7} " + " ".join(f"{s[:12]:>12}" for s in names) \
-        + f" {'ratio':>6} {'found':>5} {'wrong':>5}"
+        + f" {'ratio':>6} {'found':>5} {'wrong':>5}  {'random runs':<13}"
     print(head)
     print("-" * len(head))
     for world, _, finds in worlds:
@@ -552,7 +558,9 @@ def print_tables(worlds: list[tuple[World, list[ParetoOutcome], list[FindOutcome
             wrong = sum(f.wrong for f in row.values())
             print(f"{world.seed:>4} {name:<6} {q:>7.4f} "
                   + " ".join(f"{pct(row[s].paid / world.cached_usd):>12}" if s in row else f"{'':>12}" for s in names)
-                  + f" {('—' if not math.isfinite(ratio) else f'{ratio:.3f}'):>6} {found:>5} {wrong:>5}")
+                  + f" {('—' if not math.isfinite(ratio) else f'{ratio:.3f}'):>6} {found:>5} {wrong:>5}"
+                  + (f"  [{pct(row[ref].low / world.cached_usd)}, {pct(row[ref].high / world.cached_usd)}]"
+                     if ref in row else ""))
     print()
     print("columns: HV% = share of the true front's hypervolume reached by fully evaluated configs;")
     print("paid% = the run's spend through its own call store / the exhaustive spend through one;")
@@ -593,7 +601,7 @@ async def main_async(args: argparse.Namespace) -> None:
         print_tables(worlds, args)
         if args.big_trials:
             print()
-            print(f"The 107,680-config space, 'ours' for {args.big_trials} trials per world seed (no truth: "
+            print(f"The 107,680-config space, 'tpe+mf' for {args.big_trials} trials per world seed (no truth: "
                   f"no HV; simulated $ charged by the run's own call store):")
             head = f"{'seed':>4} {'configs':>7} {'trials':>6} {'evals':>5} {'repeat':>6} {'stop':>4} {'paid $':>8} {'list $':>8} {'wall s':>6}"
             print(head)
@@ -630,25 +638,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("study", nargs="?", default=str(REPO / "studies" / "sim-demo.toml"))
     p.add_argument("--quick", action="store_true", help="2 world seeds, fewer strategies and runs")
     p.add_argument("--world-seeds", default=None, help="comma-separated (default 0,1,2,3,4)")
-    p.add_argument("--strategies", default=None, help="Pareto strategies (default random,nsga2,ours,ours-walk)")
+    p.add_argument("--strategies", default=None, help="Pareto strategies (default random,nsga2,tpe+mf,ours)")
     p.add_argument("--find", default="random+mf@c,ours-c", help="constrained strategies: the fair "
                    "random baseline and the one compared with it")
     p.add_argument("--usd-frac", type=float, default=COST_TARGET,
                    help="Pareto runs' USD budget as a fraction of the cached exhaustive spend")
-    p.add_argument("--random-runs", type=int, default=None, help="runs of the random baseline per target (3)")
+    p.add_argument("--random-runs", type=int, default=None, help="runs of the random baseline per target (5)")
     p.add_argument("--batch", type=int, default=16, help="configs evaluated concurrently (exhaustive pass)")
     p.add_argument("--prior-noise", type=float, default=0.5,
                    help="sigma of the log-normal error of each model's answer length in '~' strategies")
     p.add_argument("--work-dir", default=None, help="keep the call stores here")
     p.add_argument("--big-trials", type=int, default=0,
-                   help="also run 'ours' for this many trials on the 107,680-config space (no truth)")
+                   help="also run 'tpe+mf' for this many trials on the 107,680-config space (no truth)")
     args = p.parse_args(argv)
     seeds = args.world_seeds or ("0,1" if args.quick else "0,1,2,3,4")
     args.world_seeds = [int(s) for s in seeds.split(",") if s.strip()]
-    strategies = args.strategies or ("ours,ours-walk" if args.quick else "random,nsga2,ours,ours-walk")
+    strategies = args.strategies or ("tpe+mf,ours" if args.quick else "random,nsga2,tpe+mf,ours")
     args.pareto = [s.strip() for s in strategies.split(",") if s.strip()]
     args.find = [s.strip() for s in args.find.split(",") if s.strip()]
-    args.random_runs = args.random_runs or (1 if args.quick else 3)
+    args.random_runs = args.random_runs or (1 if args.quick else 5)
     asyncio.run(main_async(args))
 
 

@@ -33,7 +33,7 @@ HOW: dict[str, tuple[str, str]] = {
     "moa-search study run studies/sim-demo.toml": ("run", ""),
     "moa-search catalog check": ("run", ""),
     "moa-search catalog add": ("help", "tests/test_price_db.py runs it with arguments"),
-    "python benchmarks/search_efficiency.py": ("help", "a benchmark of about 10 minutes; run by hand"),
+    "python benchmarks/search_efficiency.py": ("help", "a benchmark of about 16 minutes; run by hand"),
     "python analysis/local.py": ("help", "tests/test_local_study.py (-m local_llm, needs the real model)"),
 }
 

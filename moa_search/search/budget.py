@@ -4,7 +4,7 @@ Budgets. Spend is read from the storage (sum of finished trials' ``paid_usd``/``
 the baseline's, plus the reservations of trials other workers are running), so it survives
 resumes and is shared by workers. A trial starts only if its estimate (``cost_estimate`` of the
 config, or the highest observed $ per call times the config's calls, whichever is larger) fits in
-what is left; the second fidelity stage is checked again with the measured per-item cost. Two
+what is left; each later fidelity stage is checked again with the measured per-item cost. Two
 workers that check at the same instant can each start one trial; the overshoot is bounded by one
 trial's estimate per extra worker.
 

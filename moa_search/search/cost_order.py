@@ -3,8 +3,9 @@
 For the question users ask most (the cheapest config that meets a quality target), a sampler
 that models quality wastes money: cost per item is known *before* a config runs, from the
 catalog's prices and typical answer lengths, and only quality has to be measured. So this
-sampler walks the space from the cheapest estimate up. With multi-fidelity on, a config clearly
-below the target stops after ``first_items`` items, so the cheap configs below the target are paid
+sampler walks the space from the cheapest estimate up. With multi-fidelity on, a config that
+cannot reach the target stops as soon as its misses show it (after 4 items at the earliest), and
+one clearly below it after ``first_items`` items, so the cheap configs below the target are paid
 for only in part; the first config that meets the target (its constraint, set by the study loop
 at the study's ``target_confidence``, is satisfied) bounds the walk: configs estimated at more
 than ``(1 + slack)`` times its estimate cannot be cheaper, and the study stops. ``slack`` absorbs

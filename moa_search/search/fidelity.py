@@ -2,8 +2,12 @@
 
 Multi-fidelity rule (ours: Optuna's pruners do not handle multi-objective studies). With
 ``[fidelity] enabled`` and more items than ``first_items``, a trial runs its items, in the
-study's seeded random order (``staged_order``), in growing stages and is checked after each but the last (``fidelity_looks``: after ``first_items``, then
-after twice as many, and so on while items remain). It stops at a look when, at the per-look
+study's seeded random order (``staged_order``), in stages (``stage_ends``), and is checked
+after each but the last by the *certain* rule (``certain_stop_reason``: the target is out of
+reach even if every item left scores 1, which spends no error; or, from ``first_items`` on, the
+front is, by quality and by a 10 % margin on cost and latency), and at the *looks*
+(``fidelity_looks``: after ``first_items``, then after twice as many, and so on while items
+remain) by the statistical rule below. It stops at a look when, at the per-look
 one-sided confidence ``1 - (1 - c) / K`` (``c`` = ``[fidelity] confidence``, ``K`` = the number
 of looks; the tests each rule uses are named below):
 
@@ -50,6 +54,7 @@ from optuna.trial import FrozenTrial
 
 from ..stats import bootstrap_ci, bounded_p_at_least, mean_bound, paired_p_below_zero
 from ..study_spec import StudySpec
+from .cost_order import DEFAULT_SLACK
 from .records import TrialMetrics, _objective_values, trial_metrics
 
 #: Two-sided level of the CIs this module computes when it merges fidelity stages.
@@ -60,15 +65,17 @@ def merge_metrics(a: TrialMetrics, b: TrialMetrics) -> TrialMetrics:
     """Combine two evaluations of one config on disjoint items (the two fidelity stages).
 
     Quality and its CI are recomputed from the per-item values with the same bootstrap interval
-    the evaluator reports (so it stays inside the values' range, unlike a t interval); latency percentiles are exact when both parts carry ``item_latency_s`` and an
-    item-weighted average otherwise.
+    the evaluator reports (so it stays inside the values' range, unlike a t interval). Latency
+    percentiles are exact when each part that scored an item carries ``item_latency_s`` (a part
+    whose items all failed has none, and its NaN p50 must not reach the merge), else an
+    item-weighted average.
     """
     values = {**a.item_values, **b.item_values}
     x = np.asarray(list(values.values()), dtype=float)
     n = a.n_items + b.n_items
     wa, wb = (a.n_items / n, b.n_items / n) if n else (0.5, 0.5)
     lat = {**a.item_latency_s, **b.item_latency_s}
-    if a.item_latency_s and b.item_latency_s:
+    if lat and all(m.item_latency_s or not m.item_values for m in (a, b)):
         p50, p95 = (float(np.percentile(list(lat.values()), q)) for q in (50, 95))
     else:
         p50 = wa * a.latency_p50_s + wb * b.latency_p50_s
@@ -114,6 +121,95 @@ def fidelity_looks(first_items: int, n_items: int) -> list[int]:
         looks.append(n)
         n *= 2
     return looks
+
+
+#: Between the statistical looks the items also run in smaller stages, checked by the certain
+#: rule only (``certain_stop_reason``): below ``first_items`` doubling from this count, after it
+#: every ``first_items // 2`` items. That rule spends no error, so the extra checks cost nothing
+#: but a few more rounds of waiting (a stage's items run concurrently).
+SCREEN_START = 4
+
+
+def stage_ends(first_items: int, n_items: int) -> list[int]:
+    """Where the stages end (``n_items``, the last, excluded): the statistical looks
+    (``fidelity_looks``) and the certain rule's checks between them."""
+    ends = set(fidelity_looks(first_items, n_items))
+    n = SCREEN_START
+    while n < min(first_items, n_items):
+        ends.add(n)
+        n *= 2
+    step = max(SCREEN_START, first_items // 2)
+    n = first_items + step
+    while n < n_items:
+        ends.add(n)
+        n += step
+    return sorted(ends)
+
+
+def quality_is_item_mean(spec: StudySpec) -> bool:
+    """Whether the study's quality is the mean of its per-item values, which every rule here
+    tests (and ``merge_metrics`` recomputes). Not so for the length-controlled win rate, a
+    fit over the whole set: such a study runs every item at once, fidelity or not."""
+    from ..scoring import scorer_class  # scorers pull in the judges; only their headline is needed
+    return getattr(scorer_class(spec.scorer.name), "headline", None) != "lc_win_rate"
+
+
+def reachable_quality(done: TrialMetrics, n_rest: int) -> float | None:
+    """The highest quality the config can still end with: every one of the ``n_rest`` items
+    left scoring the maximum, 1 (a failed item, left out of the mean, only lowers the bound's
+    slack). None when some value is outside [0, 1] (no maximum is known)."""
+    values = list(done.item_values.values())
+    if any(not 0.0 <= v <= 1.0 for v in values):
+        return None
+    if not values and not n_rest:
+        return None
+    return (sum(values) + n_rest) / (len(values) + n_rest)
+
+
+def certain_stop_reason(done: TrialMetrics, n_rest: int, number: int, spec: StudySpec,
+                        target: float | None, trials: Sequence[FrozenTrial]) -> str | None:
+    """Why trial ``number`` stops without a test, or None: even if each of its ``n_rest``
+    remaining items scores 1, its quality on the study's items stays below the target
+    (constrained), or (Pareto, once ``first_items`` items have run) at most that of a fully
+    evaluated config that also beats it by ``DEFAULT_SLACK`` (10 %) on every other objective.
+
+    The quality part involves no chance: the study's quality is the mean over its fixed items
+    (whatever the target confidence, a config whose mean cannot reach the target cannot be
+    feasible), so the constrained rule stops no config that could meet the target, and it
+    spends none of the looks' error. A high target needs few misses to rule a config out (48
+    items and a target of 46/48: three), which the statistical tests at ``first_items`` cannot
+    match. The Pareto rule is certain only in quality: its cost and latency are measured on the
+    items so far, as the statistical rule measures them, so it waits for as many items as that
+    rule does, and R must beat them by the margin (a config tied at the best quality once lost
+    the front by 0.2 % latency on 16 items).
+    Constrained mode has no such rule: there only cost decides among feasible configs, and a
+    subset's cost is no certain ground (a run stopped the true cheapest config, 1 % cheaper than
+    the feasible reference, on four items' cost); the statistical rule covers it."""
+    best = reachable_quality(done, n_rest)
+    if best is None:
+        return None
+    counted = f"at most {best:.4g} even if the {n_rest} items left all score 1"
+    if spec.objectives.mode == "constrained":
+        if target is not None and best < target - 1e-12:
+            return f"below target for sure: quality {counted} (target {target:.4g}, {done.n_items} items run)"
+        return None
+    if done.n_items < spec.fidelity.first_items:
+        return None
+    others = tuple(m for m in spec.objectives.metrics if m != "quality")
+    mine = dict(zip(others, _objective_values(others, done)))
+    for t in trials:
+        if t.number == number or t.user_attrs.get("status") != "complete":
+            continue
+        ref = trial_metrics(t)
+        if ref is None or ref.quality < best - 1e-12:
+            continue
+        theirs = dict(zip(others, _objective_values(others, ref)))
+        if any(theirs[k] * (1 + DEFAULT_SLACK) > mine[k] for k in others):
+            continue
+        if ref.quality > best + 1e-12 or any(theirs[k] < mine[k] for k in others):
+            better = "".join(f"; {k} {theirs[k]:.4g} < {mine[k]:.4g} by over {DEFAULT_SLACK:.0%}" for k in others)
+            return f"dominated by trial {t.number}: quality {counted}, its {ref.quality:.4g}{better}"
+    return None
 
 
 def look_confidence(confidence: float, n_looks: int) -> float:

@@ -26,7 +26,8 @@ from ..study_spec import StudySpec
 from .budget import (PaidLedger, agent_calls_per_item, covered_calls, measured_configs, price_estimate,
                      spent_with_ledger, uncached_share)
 from .cost_order import CheapestFirstSampler, CostEstimate
-from .fidelity import early_stop_reason, fidelity_looks, look_confidence, merge_metrics, staged_order
+from .fidelity import (certain_stop_reason, early_stop_reason, fidelity_looks, look_confidence, merge_metrics,
+                       quality_is_item_mean, stage_ends, staged_order)
 from .prepare import prepare_study_async
 from .records import (_WITH_METRICS, CONFIG_KEY, ITEMS_KEY, Evaluator, StudyResult, TrialEvent,
                       TrialMetrics, TrialRecord, _counted, _objective_values, _record, config_attrs,
@@ -70,6 +71,7 @@ class _Loop:
     _catalog: Any = field(default=None, init=False)
     _grid: dict[str, MoAConfig] = field(default_factory=dict, init=False)
     _staged: list[str] = field(default_factory=list, init=False)  # fidelity stages' item order
+    _item_mean: bool = field(default=True, init=False)  # quality = mean of item values (fidelity applies)
 
     def __post_init__(self) -> None:
         # Both are fixed once prepare_study has run, so read them once, not per trial.
@@ -79,6 +81,7 @@ class _Loop:
         if self.indexed:  # the grid's enumeration, once per study run (it took ~1 s per trial)
             self._grid = {c.config_hash: c for c in self.spec.space.enumerate_configs()}
         self._staged = staged_order(self.items, self.spec.seed)
+        self._item_mean = quality_is_item_mean(self.spec)
 
     # -- storage views --
 
@@ -295,24 +298,29 @@ class _Loop:
     async def evaluate(self, trial: optuna.Trial, config: MoAConfig) -> tuple[TrialMetrics, str, str | None]:
         """Run the fidelity looks; return metrics, status and the early-stop reason if any.
 
-        With multi-fidelity on, the items run in growing stages (``fidelity_looks``: first_items,
-        then doubling), in the study's seeded order (``staged_order``); after each stage but the
-        last the stopping rule is checked at the per-look confidence ``look_confidence`` (see
-        ``fidelity``), and the rest of the items are reserved from the budget at the measured
-        cost per item."""
+        With multi-fidelity on, the items run in stages (``stage_ends``: doubling from
+        ``SCREEN_START`` to first_items, then every first_items // 2), in the study's seeded order
+        (``staged_order``). After each stage but the last the certain rule is checked, and at the
+        looks (first_items, then doubling) the statistical rule too, at the per-look confidence
+        ``look_confidence`` (see ``fidelity``); the rest of the items are reserved from the
+        budget at the measured cost per item. A study whose quality is not the mean of its items
+        (the LC win rate) runs every item at once."""
         f = self.spec.fidelity
         n = trial.number
-        if not f.enabled or len(self.items) <= f.first_items:
+        if not f.enabled or len(self.items) <= f.first_items or not self._item_mean:
             return await self.evaluator.evaluate(config, self.items, trial_number=n), "complete", None
         looks = fidelity_looks(f.first_items, len(self.items))
         conf = look_confidence(f.confidence, len(looks))
         done: TrialMetrics | None = None
         start = 0
-        for end in looks:
+        for end in stage_ends(f.first_items, len(self.items)):
             part = await self.evaluator.evaluate(config, self._staged[start:end], trial_number=n)
             done = part if done is None else merge_metrics(done, part)
             start = end
-            why = early_stop_reason(done, n, self.spec, self.target(), self.trials(), confidence=conf)
+            trials = self.trials()
+            why = certain_stop_reason(done, len(self.items) - end, n, self.spec, self.target(), trials)
+            if why is None and end in looks:
+                why = early_stop_reason(done, n, self.spec, self.target(), trials, confidence=conf)
             if why is not None:
                 return done, "stopped_early", why
             why = self.rest_over_budget(trial, done, len(self.items) - end)

@@ -317,7 +317,8 @@ class _Loop:
             part = await self.evaluator.evaluate(config, self._staged[start:end], trial_number=n)
             done = part if done is None else merge_metrics(done, part)
             start = end
-            trials = self.trials()
+            # before first_items no rule compares with other trials: spare the storage read
+            trials = self.trials() if end >= f.first_items else []
             why = certain_stop_reason(done, len(self.items) - end, n, self.spec, self.target(), trials)
             if why is None and end in looks:
                 why = early_stop_reason(done, n, self.spec, self.target(), trials, confidence=conf)

@@ -166,6 +166,27 @@ def reachable_quality(done: TrialMetrics, n_rest: int) -> float | None:
     return (sum(values) + n_rest) / (len(values) + n_rest)
 
 
+def no_worse_references(trials: Sequence[FrozenTrial], number: int, others: Sequence[str],
+                        mine: Mapping[str, float], *, margin: float = 0.0, feasible_only: bool = False,
+                        ) -> list[tuple[FrozenTrial, TrialMetrics, dict[str, float]]]:
+    """The fully evaluated configs (not trial ``number``; only feasible ones if asked) whose
+    values on the ``others`` objectives are no worse than ``mine``, by ``margin`` (their value
+    times 1 + margin at most mine): the references both stop rules compare quality against."""
+    out = []
+    for t in trials:
+        if t.number == number or t.user_attrs.get("status") != "complete":
+            continue
+        if feasible_only and not all(v <= 0 for v in t.constraints.values()):
+            continue
+        ref = trial_metrics(t)
+        if ref is None:
+            continue
+        theirs = dict(zip(others, _objective_values(others, ref)))
+        if all(theirs[k] * (1 + margin) <= mine[k] for k in others):
+            out.append((t, ref, theirs))
+    return out
+
+
 def certain_stop_reason(done: TrialMetrics, n_rest: int, number: int, spec: StudySpec,
                         target: float | None, trials: Sequence[FrozenTrial]) -> str | None:
     """Why trial ``number`` stops without a test, or None: even if each of its ``n_rest``
@@ -197,14 +218,8 @@ def certain_stop_reason(done: TrialMetrics, n_rest: int, number: int, spec: Stud
         return None
     others = tuple(m for m in spec.objectives.metrics if m != "quality")
     mine = dict(zip(others, _objective_values(others, done)))
-    for t in trials:
-        if t.number == number or t.user_attrs.get("status") != "complete":
-            continue
-        ref = trial_metrics(t)
-        if ref is None or ref.quality < best - 1e-12:
-            continue
-        theirs = dict(zip(others, _objective_values(others, ref)))
-        if any(theirs[k] * (1 + DEFAULT_SLACK) > mine[k] for k in others):
+    for t, ref, theirs in no_worse_references(trials, number, others, mine, margin=DEFAULT_SLACK):
+        if ref.quality < best - 1e-12:
             continue
         if ref.quality > best + 1e-12 or any(theirs[k] < mine[k] for k in others):
             better = "".join(f"; {k} {theirs[k]:.4g} < {mine[k]:.4g} by over {DEFAULT_SLACK:.0%}" for k in others)
@@ -243,18 +258,8 @@ def early_stop_reason(first: TrialMetrics, number: int, spec: StudySpec, target:
                     f"{first.n_items} items (confidence {1 - alpha:.4g})")
     others = ("cost",) if constrained else tuple(m for m in spec.objectives.metrics if m != "quality")
     mine = dict(zip(others, _objective_values(others, first)))
-    refs = []  # (trial, its metrics, their other objectives): no worse than this one on every one
-    for t in trials:
-        if t.number == number or t.user_attrs.get("status") != "complete":
-            continue
-        if constrained and not all(v <= 0 for v in t.constraints.values()):
-            continue
-        ref = trial_metrics(t)
-        if ref is None:
-            continue
-        theirs = dict(zip(others, _objective_values(others, ref)))
-        if any(theirs[k] > mine[k] for k in others):
-            continue
+    refs = []  # (trial, its metrics, their other objectives, the items both ran)
+    for t, ref, theirs in no_worse_references(trials, number, others, mine, feasible_only=constrained):
         shared = [k for k in first.item_values if k in ref.item_values]
         if len(shared) >= 2:
             refs.append((t, ref, theirs, shared))
